@@ -1,0 +1,106 @@
+"""Every endpoint and limit of the loop, read from the environment with an embedded default.
+
+The embedded defaults all live under one state directory (``MLOPS_STATE_DIR``, default
+``<project>/state``, git-ignored), so a fresh clone runs with no setup and ``rm -rf state``
+resets everything. Distributed mode sets the same variables to real services.
+
+This module is cheap to import (stdlib only): DAG files may import it at parse time, but they
+must call :func:`settings` inside tasks, because the environment of a worker is the one that counts.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _env(name: str, default: str) -> str:
+    value = os.environ.get(name, "").strip()
+    return value or default
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return int(raw)
+    except ValueError as err:
+        raise ValueError(f"{name} must be an integer, got {raw!r}") from err
+
+
+@dataclass(frozen=True)
+class Settings:
+    state_dir: Path
+    airflow_home: Path
+    airflow_db_uri: str
+    mlflow_tracking_uri: str
+    mlflow_artifact_root: str
+    mlflow_registry_uri: str
+    model_name: str
+    data_repo: Path
+    dvc_remote: str
+    landing: str
+    quarantine_dir: Path
+    reports_dir: Path
+    specs_dir: Path
+    s3_endpoint: str | None
+    docker_host: str | None
+    deploy_backend: str
+    max_batch_bytes: int
+    max_batch_rows: int
+    lock_timeout_s: int
+
+    @property
+    def landing_is_s3(self) -> bool:
+        return self.landing.startswith("s3://")
+
+    def spec_path(self, dataset: str) -> Path:
+        return self.specs_dir / f"{dataset}.yaml"
+
+
+def settings() -> Settings:
+    """Read the configuration now (not at import): tests and workers may change the environment."""
+    state = Path(_env("MLOPS_STATE_DIR", str(PROJECT_ROOT / "state"))).resolve()
+    airflow_home = Path(_env("AIRFLOW_HOME", str(state / "airflow")))
+    mlflow_uri = _env("MLFLOW_TRACKING_URI", f"sqlite:///{state / 'mlflow' / 'mlflow.db'}")
+    return Settings(
+        state_dir=state,
+        airflow_home=airflow_home,
+        airflow_db_uri=_env(
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", f"sqlite:///{airflow_home / 'airflow.db'}"
+        ),
+        mlflow_tracking_uri=mlflow_uri,
+        mlflow_artifact_root=_env("MLOPS_MLFLOW_ARTIFACT_ROOT", (state / "mlflow" / "artifacts").as_uri()),
+        mlflow_registry_uri=_env("MLFLOW_REGISTRY_URI", mlflow_uri),
+        model_name=_env("MLOPS_MODEL_NAME", "sessions_purchase"),
+        data_repo=Path(_env("MLOPS_DATA_REPO", str(state / "data-repo"))),
+        dvc_remote=_env("MLOPS_DVC_REMOTE", str(state / "dvc-remote")),
+        landing=_env("MLOPS_LANDING", str(state / "landing")),
+        quarantine_dir=Path(_env("MLOPS_QUARANTINE_DIR", str(state / "quarantine"))),
+        reports_dir=Path(_env("MLOPS_REPORTS_DIR", str(state / "reports"))),
+        specs_dir=Path(_env("MLOPS_SPECS_DIR", str(PROJECT_ROOT / "include" / "specs"))),
+        s3_endpoint=os.environ.get("MLOPS_S3_ENDPOINT") or os.environ.get("AWS_ENDPOINT_URL") or None,
+        docker_host=os.environ.get("DOCKER_HOST") or None,
+        deploy_backend=_env("MLOPS_DEPLOY_BACKEND", "auto"),
+        max_batch_bytes=_env_int("MLOPS_MAX_BATCH_BYTES", 512 * 1024 * 1024),
+        max_batch_rows=_env_int("MLOPS_MAX_BATCH_ROWS", 5_000_000),
+        lock_timeout_s=_env_int("MLOPS_LOCK_TIMEOUT_S", 600),
+    )
+
+
+def airflow_env(s: Settings | None = None) -> dict[str, str]:
+    """Environment for an embedded Airflow (CLI, standalone, dag.test) rooted in the state dir."""
+    s = s or settings()
+    return {
+        "AIRFLOW_HOME": str(s.airflow_home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_ROOT / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(PROJECT_ROOT / "plugins"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": s.airflow_db_uri,
+        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+        "MLOPS_STATE_DIR": str(s.state_dir),
+    }
