@@ -1,0 +1,179 @@
+"""Stage 1 orchestration: landing zone -> validation gate -> DVC-versioned dataset.
+
+The landing zone is a local directory by default, or ``s3://bucket/prefix`` (read through the
+amazon provider's S3Hook, connection ``aws_default``, endpoint from ``MLOPS_S3_ENDPOINT``).
+A batch is one CSV (or CSV.gz) file. After it is handled it leaves the landing zone: into
+``<landing>/_ingested/`` when it landed in the dataset, into quarantine when it was rejected,
+so the next run does not see it again. Re-landing an ingested file is still a no-op: the dataset
+manifest knows its content md5.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import logging
+import os
+import shutil
+from pathlib import Path
+
+from include.config import Settings, settings
+
+log = logging.getLogger(__name__)
+
+INGESTED_SUBDIR = "_ingested"
+
+
+def file_md5(path: Path) -> str:
+    h = hashlib.md5()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _s3_hook():
+    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+    s = settings()
+    if s.s3_endpoint:
+        # boto3 honours AWS_ENDPOINT_URL: an explicit endpoint (moto, MinIO) for every client.
+        os.environ.setdefault("AWS_ENDPOINT_URL", s.s3_endpoint)
+    return S3Hook(aws_conn_id="aws_default")
+
+
+def _split_s3(url: str) -> tuple[str, str]:
+    bucket, _, prefix = url[len("s3://"):].partition("/")
+    return bucket, prefix.rstrip("/")
+
+
+def list_landed(pattern: str = "*.csv*", s: Settings | None = None) -> list[str]:
+    """Batch references waiting in the landing zone, oldest name first."""
+    s = s or settings()
+    if s.landing_is_s3:
+        bucket, prefix = _split_s3(s.landing)
+        keys = _s3_hook().list_keys(bucket_name=bucket, prefix=f"{prefix}/" if prefix else "") or []
+        return sorted(
+            f"s3://{bucket}/{k}" for k in keys
+            if "/" + INGESTED_SUBDIR + "/" not in "/" + k and fnmatch.fnmatch(k.rsplit("/", 1)[-1], pattern)
+        )
+    landing = Path(s.landing)
+    if not landing.exists():
+        return []
+    return sorted(str(p) for p in landing.glob(pattern) if p.is_file())
+
+
+def stage(batch_ref: str, s: Settings | None = None) -> Path:
+    """A local file for the batch: the file itself, or an S3 object downloaded to the staging dir."""
+    s = s or settings()
+    if not batch_ref.startswith("s3://"):
+        path = Path(batch_ref)
+        if not path.exists():
+            raise FileNotFoundError(f"batch {batch_ref} does not exist (already ingested or quarantined?)")
+        return path
+    bucket, key = _split_s3(batch_ref)
+    staging = s.state_dir / "staging"
+    staging.mkdir(parents=True, exist_ok=True)
+    target = staging / key.replace("/", "__")
+    hook = _s3_hook()
+    obj = hook.get_key(key, bucket_name=bucket)
+    if obj.content_length > s.max_batch_bytes:
+        from include.validation import BatchRejected
+
+        raise BatchRejected(
+            batch=batch_ref, kind="too_large",
+            message=f"batch {batch_ref} is {obj.content_length} bytes, over the limit of "
+                    f"{s.max_batch_bytes} (MLOPS_MAX_BATCH_BYTES)",
+            details={"bytes": obj.content_length, "limit": s.max_batch_bytes},
+        )
+    obj.download_file(str(target))
+    return target
+
+
+def archive(batch_ref: str, s: Settings | None = None) -> str:
+    """Move an ingested batch out of the landing zone (idempotent)."""
+    s = s or settings()
+    if batch_ref.startswith("s3://"):
+        bucket, key = _split_s3(batch_ref)
+        hook = _s3_hook()
+        if hook.check_for_key(key, bucket_name=bucket):
+            prefix, _, name = key.rpartition("/")
+            dest = f"{prefix}/{INGESTED_SUBDIR}/{name}" if prefix else f"{INGESTED_SUBDIR}/{name}"
+            hook.copy_object(key, dest, source_bucket_name=bucket, dest_bucket_name=bucket)
+            hook.delete_objects(bucket, [key])
+        return batch_ref
+    src = Path(batch_ref)
+    dest_dir = Path(s.landing) / INGESTED_SUBDIR
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    if src.exists():
+        shutil.move(str(src), dest_dir / src.name)
+    return str(dest_dir / src.name)
+
+
+def validate_landed(batch_ref: str, dataset: str, s: Settings | None = None) -> dict:
+    """Read and validate one batch. Rejected: quarantine with a report and raise BatchRejected.
+
+    Returns a small dict for XCom: {batch, path, md5, validation_id, rows}.
+    """
+    from include.spec import load_spec
+    from include.validation import BatchRejected, check_batch, quarantine, save_validation
+
+    s = s or settings()
+    spec = load_spec(dataset, s.specs_dir)
+    try:
+        path = stage(batch_ref, s)
+        df, report = check_batch(path, spec)
+    except BatchRejected as err:
+        report = getattr(err, "report", None)
+        if report is not None:
+            save_validation(report, s.reports_dir)
+        if batch_ref.startswith("s3://"):
+            local = s.state_dir / "staging" / _split_s3(batch_ref)[1].replace("/", "__")
+            if local.exists():
+                where = quarantine(local, err, s.quarantine_dir)
+                bucket, key = _split_s3(batch_ref)
+                _s3_hook().delete_objects(bucket, [key])
+            else:
+                where = s.quarantine_dir
+        else:
+            where = quarantine(Path(batch_ref), err, s.quarantine_dir)
+        log.error("batch %s rejected (%s); quarantined at %s", batch_ref, err.kind, where)
+        err.quarantine_path = str(where)
+        raise
+    save_validation(report, s.reports_dir)
+    log.info("batch %s passed validation %s (%d rows)", batch_ref, report.validation_id, len(df))
+    return {
+        "batch": batch_ref, "path": str(path), "md5": file_md5(path),
+        "validation_id": report.validation_id, "rows": int(len(df)),
+    }
+
+
+def commit_validated(batches: list[dict], dataset: str, s: Settings | None = None) -> dict | None:
+    """Commit validated batches to the DVC dataset in order; return the newest version's extra.
+
+    Returns None when every batch was already in the dataset (nothing new to announce).
+    """
+    from include.spec import load_spec
+    from include.validation import read_batch
+    from include.versioning import DataRepo
+
+    s = s or settings()
+    spec = load_spec(dataset, s.specs_dir)
+    repo = DataRepo(s)
+    newest, created = None, False
+    for b in batches:
+        # Re-read rather than pass data through XCom; the file was validated moments ago and its
+        # md5 is re-checked so a file swapped in between cannot slip past the gate.
+        path = Path(b["path"])
+        if file_md5(path) != b["md5"]:
+            raise RuntimeError(f"batch {b['batch']} changed after validation; re-run the ingest")
+        df = read_batch(path, spec)
+        version = repo.commit_batch(
+            dataset, df, batch_md5=b["md5"], batch_name=Path(b["batch"]).name,
+            validation_id=b["validation_id"],
+        )
+        archive(b["batch"], s)
+        newest, created = version, created or version.created
+    if newest is None or not created:
+        return None
+    return newest.asset_extra()
