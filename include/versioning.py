@@ -232,6 +232,10 @@ class DataRepo:
             with fs.open(f"/data/{dataset}/{e['file']}", "rb") as fh:
                 frames.append(pd.read_parquet(fh))
         df = pd.concat(frames, ignore_index=True)
+        # Validated batches carry nullable Int64; downstream (sklearn, MLflow signatures) wants numpy.
+        for col in df.columns:
+            if str(df[col].dtype) == "Int64":
+                df[col] = df[col].astype("float64" if df[col].isna().any() else "int64")
         if spec is not None:
             df = df.drop_duplicates(subset=[spec.key], keep="last").reset_index(drop=True)
         return df
