@@ -63,6 +63,12 @@ def list_landed(pattern: str = "*.csv*", s: Settings | None = None) -> list[str]
     return sorted(str(p) for p in landing.glob(pattern) if p.is_file())
 
 
+def _staged_path(batch_ref: str, s: Settings) -> Path:
+    """Local copy of an S3 batch: keeps the object's file name (reports and quarantine show it)."""
+    bucket, key = _split_s3(batch_ref)
+    return s.state_dir / "staging" / hashlib.sha1(batch_ref.encode()).hexdigest()[:12] / key.rsplit("/", 1)[-1]
+
+
 def stage(batch_ref: str, s: Settings | None = None) -> Path:
     """A local file for the batch: the file itself, or an S3 object downloaded to the staging dir."""
     s = s or settings()
@@ -72,9 +78,8 @@ def stage(batch_ref: str, s: Settings | None = None) -> Path:
             raise FileNotFoundError(f"batch {batch_ref} does not exist (already ingested or quarantined?)")
         return path
     bucket, key = _split_s3(batch_ref)
-    staging = s.state_dir / "staging"
-    staging.mkdir(parents=True, exist_ok=True)
-    target = staging / key.replace("/", "__")
+    target = _staged_path(batch_ref, s)
+    target.parent.mkdir(parents=True, exist_ok=True)
     hook = _s3_hook()
     obj = hook.get_key(key, bucket_name=bucket)
     if obj.content_length > s.max_batch_bytes:
@@ -128,7 +133,7 @@ def validate_landed(batch_ref: str, dataset: str, s: Settings | None = None) -> 
         if report is not None:
             save_validation(report, s.reports_dir)
         if batch_ref.startswith("s3://"):
-            local = s.state_dir / "staging" / _split_s3(batch_ref)[1].replace("/", "__")
+            local = _staged_path(batch_ref, s)
             if local.exists():
                 where = quarantine(local, err, s.quarantine_dir)
                 bucket, key = _split_s3(batch_ref)
@@ -173,6 +178,8 @@ def commit_validated(batches: list[dict], dataset: str, s: Settings | None = Non
             validation_id=b["validation_id"],
         )
         archive(b["batch"], s)
+        if b["batch"].startswith("s3://"):
+            path.unlink(missing_ok=True)  # the staged copy; the data now lives in DVC
         newest, created = version, created or version.created
     if newest is None or not created:
         return None
