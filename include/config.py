@@ -46,6 +46,8 @@ class Settings:
     landing: str
     quarantine_dir: Path
     reports_dir: Path
+    predictions_dir: Path
+    serving_port: int
     specs_dir: Path
     s3_endpoint: str | None
     docker_host: str | None
@@ -82,6 +84,8 @@ def settings() -> Settings:
         landing=_env("MLOPS_LANDING", str(state / "landing")),
         quarantine_dir=Path(_env("MLOPS_QUARANTINE_DIR", str(state / "quarantine"))),
         reports_dir=Path(_env("MLOPS_REPORTS_DIR", str(state / "reports"))),
+        predictions_dir=Path(_env("MLOPS_PREDICTIONS_DIR", str(state / "predictions"))),
+        serving_port=_env_int("MLOPS_SERVING_PORT", 8700),
         specs_dir=Path(_env("MLOPS_SPECS_DIR", str(PROJECT_ROOT / "include" / "specs"))),
         s3_endpoint=os.environ.get("MLOPS_S3_ENDPOINT") or os.environ.get("AWS_ENDPOINT_URL") or None,
         docker_host=os.environ.get("DOCKER_HOST") or None,

@@ -57,5 +57,6 @@ def state(tmp_path, monkeypatch):
     monkeypatch.setenv("MLOPS_LANDING", str(tmp_path / "landing"))
     monkeypatch.setenv("MLOPS_QUARANTINE_DIR", str(tmp_path / "quarantine"))
     monkeypatch.setenv("MLOPS_REPORTS_DIR", str(tmp_path / "reports"))
+    monkeypatch.setenv("MLOPS_PREDICTIONS_DIR", str(tmp_path / "predictions"))
     (tmp_path / "landing").mkdir()
     return settings()
