@@ -1,0 +1,167 @@
+"""MLflow wiring: tracking/registry URIs and the experiment from :mod:`include.config`, plus retries.
+
+Every stage calls :func:`configure_mlflow` first, so the embedded mode (SQLite + local artifact
+dir under the state dir) and the distributed mode (``MLFLOW_TRACKING_URI=http://...``) share one
+code path.
+
+Retries: MLflow's REST client already retries HTTP failures (``MLFLOW_HTTP_REQUEST_MAX_RETRIES``,
+exponential backoff). :func:`with_retry` adds a few attempts around whole calls for the failures
+that surface anyway (server restarting, database locked or briefly unreachable); anything longer
+is left to Airflow task retries with ``retry_exponential_backoff``.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import mlflow
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from include.config import settings
+
+log = logging.getLogger(__name__)
+
+DEFAULT_EXPERIMENT = "mlops-loop"
+
+T = TypeVar("T")
+
+# Substrings of error messages that mean "the store is not reachable right now", not "bad request".
+_TRANSIENT_MESSAGES = (
+    "failed with exception",  # mlflow.utils.rest_utils after its own HTTP retries
+    "failed with timeout exception",
+    "Connection refused",
+    "Connection reset",
+    "Max retries exceeded",
+    "database is locked",
+    "could not connect to server",
+    "connection to server",
+    "server closed the connection",
+    "Temporary failure in name resolution",
+)
+_TRANSIENT_CODES = ("TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED")
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = uri[len("sqlite:///"):].split("?", 1)[0]
+    if not path or path == ":memory:":
+        return None
+    return Path(path)
+
+
+def _is_remote(uri: str) -> bool:
+    return uri.startswith(("http://", "https://"))
+
+
+def is_unreachable(exc: BaseException) -> bool:
+    """True for errors that mean the tracking store could not be reached (worth retrying)."""
+    try:
+        import requests
+
+        if isinstance(exc, requests.exceptions.ConnectionError | requests.exceptions.Timeout):
+            return True
+    except ImportError:  # pragma: no cover - requests ships with mlflow
+        pass
+    if isinstance(exc, ConnectionError | TimeoutError):
+        return True
+    if isinstance(exc, MlflowException) and exc.error_code in _TRANSIENT_CODES:
+        return True
+    try:
+        from sqlalchemy.exc import OperationalError
+
+        if isinstance(exc, OperationalError):
+            return True
+    except ImportError:  # pragma: no cover
+        pass
+    text = str(exc)
+    return any(s in text for s in _TRANSIENT_MESSAGES)
+
+
+def with_retry(
+    fn: Callable[..., T],
+    *args: Any,
+    attempts: int = 4,
+    base_delay: float = 1.0,
+    max_delay: float = 10.0,
+    **kwargs: Any,
+) -> T:
+    """Call ``fn(*args, **kwargs)``; retry MLflow-unreachable errors with exponential backoff.
+
+    Other errors (bad input, missing entity, ...) are raised at once. After ``attempts`` tries the
+    last error is raised, so the Airflow task fails and its own retries take over.
+    """
+    for attempt in range(1, attempts + 1):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:
+            if attempt == attempts or not is_unreachable(exc):
+                raise
+            delay = min(max_delay, base_delay * 2 ** (attempt - 1))
+            log.warning("MLflow unreachable (%s: %s); retry %s/%s in %.1fs",
+                        type(exc).__name__, exc, attempt, attempts - 1, delay)
+            time.sleep(delay)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def retrying(fn: Callable[..., T]) -> Callable[..., T]:
+    """Decorator form of :func:`with_retry` with the default attempts and backoff."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> T:
+        return with_retry(fn, *args, **kwargs)
+
+    return wrapper
+
+
+def _artifact_location(experiment: str) -> str | None:
+    """Where the experiment's artifacts go.
+
+    The configured root (+ ``/<experiment>``), except when talking to a remote tracking server
+    and no root was set explicitly: then the server's own default (e.g. proxied S3) applies,
+    because the embedded default is a path on this machine only.
+    """
+    s = settings()
+    if _is_remote(s.mlflow_tracking_uri) and not os.environ.get("MLOPS_MLFLOW_ARTIFACT_ROOT", "").strip():
+        return None
+    return s.mlflow_artifact_root.rstrip("/") + "/" + experiment
+
+
+@retrying
+def configure_mlflow(experiment: str = DEFAULT_EXPERIMENT) -> str:
+    """Point MLflow at the configured stores, make sure ``experiment`` exists; return its id."""
+    s = settings()
+    for uri in (s.mlflow_tracking_uri, s.mlflow_registry_uri):
+        db = _sqlite_path(uri)
+        if db is not None:
+            db.parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(s.mlflow_tracking_uri)
+    mlflow.set_registry_uri(s.mlflow_registry_uri)
+    c = client()
+    exp = c.get_experiment_by_name(experiment)
+    if exp is None:
+        try:
+            experiment_id = c.create_experiment(experiment, artifact_location=_artifact_location(experiment))
+        except MlflowException as err:  # created concurrently by another task
+            if err.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            experiment_id = c.get_experiment_by_name(experiment).experiment_id
+    else:
+        experiment_id = exp.experiment_id
+        if exp.lifecycle_stage == "deleted":
+            c.restore_experiment(experiment_id)
+    mlflow.set_experiment(experiment_id=experiment_id)
+    return experiment_id
+
+
+def client() -> MlflowClient:
+    """A client for the configured tracking and registry stores."""
+    s = settings()
+    return MlflowClient(tracking_uri=s.mlflow_tracking_uri, registry_uri=s.mlflow_registry_uri)
