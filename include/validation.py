@@ -197,28 +197,49 @@ def _check_header(batch: str, columns: list[str], spec: DatasetSpec) -> None:
                       expected=expected, found=columns)
 
 
+def _numbers(s: pd.Series) -> pd.Series:
+    """float64/int64 numbers of a column: already parsed by the C parser, or parsed now from strings."""
+    if s.dtype.kind in "fiu":
+        return s
+    return pd.to_numeric(s, errors="coerce")
+
+
+def _datetimes(s: pd.Series) -> pd.Series:
+    """UTC timestamps from ISO 8601 strings: Arrow's parser first (10x faster), pandas' for the rest."""
+    try:
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        arr = pc.cast(pa.array(s.to_numpy(dtype=object), type=pa.string(), from_pandas=True),
+                      pa.timestamp("ns", tz="UTC"))
+        return arr.to_pandas().set_axis(s.index).rename(s.name)
+    except Exception:  # noqa: BLE001 - anything Arrow cannot parse goes to the slower, broader parser
+        return pd.to_datetime(s, utc=True, errors="coerce", format="ISO8601")
+
+
 def _coerce_column(s: pd.Series, col: Column) -> tuple[pd.Series, pd.Series]:
-    """Convert one string column to the spec dtype; returns (converted, mask of unparseable values)."""
+    """Convert one column (strings, or floats from the fast path) to the spec dtype.
+
+    Returns (converted, mask of present values that are not valid for the dtype).
+    """
     present = s.notna()
     if col.dtype in ("int", "float"):
-        num = pd.to_numeric(s, errors="coerce")
-        if num.dtype == object:  # pragma: no cover - to_numeric gives numbers or raises
-            num = num.astype("float64")
-        bad = present & num.isna()
+        num = _numbers(s)
         values = num.to_numpy(dtype="float64", na_value=np.nan)
+        parsed = ~np.isnan(values)
         finite = np.isfinite(values)
-        bad |= present & num.notna() & ~finite
+        bad = present.to_numpy() & ~finite  # unparseable text, or +-inf
         if col.dtype == "int":
             with np.errstate(invalid="ignore"):
-                non_int = num.notna() & finite & ((values % 1 != 0) | (np.abs(values) >= 2**63))
-            bad |= non_int
-            clean = pd.Series(np.where(bad, np.nan, values), index=s.index)
-            if num.dtype.kind in "iu" and not bad.any():
-                return num.astype("Int64"), bad
-            return clean.astype("Int64"), bad
-        return pd.Series(np.where(bad, np.nan, values), index=s.index, dtype="float64"), bad
+                bad |= parsed & finite & ((values % 1 != 0) | (np.abs(values) >= 2**63))
+            missing = ~parsed | bad
+            ints = np.where(missing, 0, values).astype("int64")
+            out = pd.Series(pd.arrays.IntegerArray(ints, missing), index=s.index, name=s.name)
+        else:
+            out = pd.Series(np.where(bad, np.nan, values), index=s.index, name=s.name, dtype="float64")
+        return out, pd.Series(bad, index=s.index)
     if col.dtype == "datetime":
-        dt = pd.to_datetime(s, utc=True, errors="coerce", format="ISO8601")
+        dt = _datetimes(s)
         return dt, present & dt.isna()
     return s, pd.Series(False, index=s.index)
 
@@ -228,6 +249,10 @@ _DTYPE_WORDS = {
     "float": "finite numbers",
     "datetime": "ISO 8601 timestamps",
 }
+
+
+class _NeedsStrings(Exception):
+    """The fast typed read met a value the C parser cannot convert: read again as strings."""
 
 
 def read_batch(
@@ -241,6 +266,11 @@ def read_batch(
 
     Defaults for the limits come from ``settings().max_batch_bytes`` / ``max_batch_rows``.
     Columns come back in the spec's order; see the module docstring for the dtypes.
+
+    The file is streamed in chunks of ``CHUNK_ROWS`` rows. A first pass lets the C parser read
+    numeric columns as float64 directly (about 2.5x faster than strings); if any value does not
+    parse, the batch is read again with every column as a string, so the rejection can list each
+    bad column with sample values. Both passes accept the same values.
     """
     path = Path(path)
     batch = path.name
@@ -259,13 +289,24 @@ def read_batch(
         raise _reject(batch, "empty_file", "the file is empty (0 bytes)", bytes=0)
     if path.name.endswith(".gz") and not _is_gzip(path):
         raise _reject(batch, "corrupt_gzip", "the file is named .gz but is not gzip data", bytes=size)
+    try:
+        return _read(path, spec, batch=batch, size=size, max_bytes=max_bytes, max_rows=max_rows, typed=True)
+    except _NeedsStrings:
+        return _read(path, spec, batch=batch, size=size, max_bytes=max_bytes, max_rows=max_rows, typed=False)
 
+
+def _read(
+    path: Path, spec: DatasetSpec, *, batch: str, size: int, max_bytes: int, max_rows: int, typed: bool
+) -> pd.DataFrame:
+    dtype: Any = str
+    if typed:
+        dtype = {c.name: ("float64" if c.is_numeric else str) for c in spec.columns}
     handle = _open_stream(path, max_bytes)
     chunks: list[pd.DataFrame] = []
     rows = 0
     bad_counts: dict[str, int] = {}
     bad_samples: dict[str, list] = {}
-    bad_rows: dict[str, list[int]] = {}
+    bad_lines: dict[str, list[int]] = {}
     try:
         with handle, warnings.catch_warnings():
             # a first data row longer than the header must be an error, not silent truncation
@@ -273,7 +314,7 @@ def read_batch(
             reader = pd.read_csv(
                 handle,
                 engine="c",
-                dtype=str,
+                dtype=dtype,
                 keep_default_na=True,
                 index_col=False,
                 encoding="utf-8",
@@ -297,17 +338,19 @@ def read_batch(
                     out = {}
                     for col in spec.columns:
                         converted, bad = _coerce_column(chunk[col.name], col)
-                        if bad.any():
-                            n = int(bad.sum())
-                            bad_counts[col.name] = bad_counts.get(col.name, 0) + n
-                            samples = bad_samples.setdefault(col.name, [])
-                            where = bad_rows.setdefault(col.name, [])
-                            if len(samples) < SAMPLE_SIZE:
-                                take = SAMPLE_SIZE - len(samples)
-                                samples.extend(chunk[col.name][bad].head(take).tolist())
-                                # row numbers as in a spreadsheet: header is line 1
-                                where.extend((np.flatnonzero(bad.to_numpy())[:take] + rows - len(chunk) + 2).tolist())
                         out[col.name] = converted
+                        n = int(bad.sum())
+                        if not n:
+                            continue
+                        bad_counts[col.name] = bad_counts.get(col.name, 0) + n
+                        samples = bad_samples.setdefault(col.name, [])
+                        lines = bad_lines.setdefault(col.name, [])
+                        take = SAMPLE_SIZE - len(samples)
+                        if take > 0:
+                            samples.extend(str(v) for v in chunk[col.name][bad].head(take).tolist())
+                            # line numbers as in an editor: the header is line 1 (no quoted newlines assumed)
+                            first = rows - len(chunk) + 2
+                            lines.extend((np.flatnonzero(bad.to_numpy())[:take] + first).tolist())
                     chunks.append(pd.DataFrame(out, index=chunk.index))
     except BatchRejected:
         raise
@@ -319,15 +362,20 @@ def read_batch(
                       f"the decompressed data exceeds the limit of {max_bytes:,} bytes (stopped at {err.count:,})",
                       max_bytes=max_bytes, bytes_read=err.count) from err
     except UnicodeDecodeError as err:
+        snippet = err.object[max(err.start - 20, 0):err.start + 8]
         raise _reject(batch, "invalid_utf8",
-                      f"the file is not valid UTF-8 ({err.reason} at byte {err.start} of a block: {err.object[err.start:err.start + 8]!r})",
-                      reason=err.reason) from err
+                      f"the file is not valid UTF-8 ({err.reason}, near {snippet!r})",
+                      reason=err.reason, near=repr(snippet)) from err
     except (gzip.BadGzipFile, EOFError, zlib.error) as err:
         raise _reject(batch, "corrupt_gzip", f"the gzip stream is corrupt or truncated ({err})",
                       error=str(err)) from err
     except (pd.errors.ParserError, pd.errors.ParserWarning) as err:
         msg = str(err).strip().replace("Error tokenizing data. C error: ", "")
         raise _reject(batch, "malformed_csv", f"the CSV does not parse: {msg}", error=msg) from err
+    except ValueError as err:
+        if typed:  # the C parser met a value it cannot read as a number
+            raise _NeedsStrings(str(err)) from err
+        raise
 
     if rows == 0:
         raise _reject(batch, "header_only", "the file has a header but no data rows", rows=0)
@@ -343,7 +391,7 @@ def read_batch(
                     "dtype": spec.column(name).dtype,
                     "bad_count": n,
                     "sample_values": bad_samples[name],
-                    "sample_lines": bad_rows[name],
+                    "sample_lines": bad_lines[name],
                 }
                 for name, n in bad_counts.items()
             },
@@ -489,7 +537,7 @@ def _samples_text(f: dict) -> str:
         return f"observed: {json.dumps(f['observed_value'])[:300]}"
     if f["expectation"] == "expect_column_values_to_not_be_null":
         rows = f.get("sample_rows") or []
-        return f"null at rows {rows}" if rows else ""
+        return f"null at rows {rows}" if rows else "(nulls)"
     return json.dumps(f.get("sample_values") or [])[:300]
 
 
@@ -516,7 +564,8 @@ def _describe_failure(f: dict) -> str:
     return f"{col}: {exp} ({f.get('unexpected_count')} unexpected, e.g. {f.get('sample_values', [])[:5]})"
 
 
-def _failures_from(result: dict) -> list[dict]:
+def _failures_from(result: dict, spec: DatasetSpec) -> list[dict]:
+    """Failed expectations as small dicts, table-level first, then in the spec's column order."""
     failures = []
     for r in result.get("results", []):
         if r.get("success"):
@@ -531,9 +580,11 @@ def _failures_from(result: dict) -> list[dict]:
             "kwargs": kwargs,
             "unexpected_count": res.get("unexpected_count"),
             "unexpected_percent": res.get("unexpected_percent"),
-            "sample_values": list(res.get("partial_unexpected_list") or [])[:SAMPLE_SIZE],
-            "sample_rows": list(res.get("partial_unexpected_index_list") or [])[:SAMPLE_SIZE],
+            "sample_values": _as_spec_values(list(res.get("partial_unexpected_list") or [])[:SAMPLE_SIZE],
+                                             kwargs.get("column"), spec),
         }
+        if res.get("partial_unexpected_index_list"):
+            failure["sample_rows"] = list(res["partial_unexpected_index_list"])[:SAMPLE_SIZE]
         if "observed_value" in res:
             failure["observed_value"] = res["observed_value"]
         if res.get("details"):
@@ -541,7 +592,16 @@ def _failures_from(result: dict) -> list[dict]:
         if exc.get("raised_exception"):
             failure["error"] = exc.get("exception_message")
         failures.append(_json_safe(failure))
+    order = {name: i for i, name in enumerate(spec.column_names)}
+    failures.sort(key=lambda f: order.get(f["column"], -1))
     return failures
+
+
+def _as_spec_values(values: list, column: str | None, spec: DatasetSpec) -> list:
+    """Show ints of int columns as ints (GX saw them as float64 when the column had nulls)."""
+    if column in spec.column_names and spec.column(column).dtype == "int":
+        return [int(v) if isinstance(v, float) and v.is_integer() else v for v in values]
+    return values
 
 
 def new_validation_id(spec: DatasetSpec) -> str:
@@ -549,35 +609,58 @@ def new_validation_id(spec: DatasetSpec) -> str:
     return f"{spec.name}-{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
 
 
+def _frame_for_gx(df: pd.DataFrame) -> pd.DataFrame:
+    """The frame GX sees: nullable ints as numpy numbers and all blocks consolidated.
+
+    GX vectorises ``between`` only for numpy int/float columns (an ``Int64`` column goes through
+    a Python function per value, ~1 s per million), and it filters the whole frame once per
+    column metric, so an unconsolidated frame is re-consolidated dozens of times. Int64 becomes
+    int64 when it has no missing values, else float64 (exact up to 2**53).
+    """
+    cast = {}
+    for name, dtype in df.dtypes.items():
+        if isinstance(dtype, pd.Int64Dtype | pd.Float64Dtype):
+            cast[name] = "int64" if not df[name].hasnans else "float64"
+    out = df.astype(cast) if cast else df
+    return out.copy() if not out._mgr.is_consolidated() else out
+
+
 def validate(df: pd.DataFrame, spec: DatasetSpec, *, batch: str) -> ValidationReport:
     """Run the spec's GX suite on a frame (normally from :func:`read_batch`); never raises on bad data."""
     gx = _gx()
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
+    validation_id = new_validation_id(spec)
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
     asset = context.data_sources.add_pandas(name=f"{spec.name}_batches").add_dataframe_asset(name=spec.name)
-    gx_batch = asset.add_batch_definition_whole_dataframe("whole_batch").get_batch(
-        batch_parameters={"dataframe": df}
+    definition = context.validation_definitions.add(
+        gx.ValidationDefinition(
+            name=validation_id,
+            data=asset.add_batch_definition_whole_dataframe("whole_batch"),
+            suite=context.suites.add(build_suite(spec)),
+        )
     )
-    suite = build_suite(spec)
-    result = gx_batch.validate(suite, result_format={"result_format": "SUMMARY", "partial_unexpected_count": SAMPLE_SIZE})
-    validation_id = new_validation_id(spec)
+    result = definition.run(
+        batch_parameters={"dataframe": _frame_for_gx(df)},
+        # BASIC still gives counts, percentages and sample values; SUMMARY adds row indexes and
+        # costs twice the time (two more full-frame filters per expectation): 4.9 s vs 2.3 s on 1M rows
+        result_format={"result_format": "BASIC", "partial_unexpected_count": SAMPLE_SIZE},
+    )
     gx_json = _json_safe(result.to_json_dict())
-    gx_json["id"] = gx_json.get("id") or validation_id
-    gx_json.setdefault("meta", {})["validation_id"] = validation_id
-    gx_json["meta"]["batch"] = batch
+    gx_json.setdefault("meta", {})["batch"] = batch
+    gx_json["meta"]["mlops_validation_id"] = validation_id
     return ValidationReport(
         success=bool(result.success),
         validation_id=validation_id,
         batch=batch,
         rows=len(df),
-        failures=_failures_from(gx_json),
+        failures=_failures_from(gx_json, spec),
         gx_result=gx_json,
         dataset=spec.name,
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
         statistics=gx_json.get("statistics", {}),
-        data_fingerprint=(gx_json.get("meta", {}).get("batch_markers") or {}).get("pandas_data_fingerprint"),
+        data_fingerprint=(gx_json["meta"].get("batch_markers") or {}).get("pandas_data_fingerprint"),
     )
 
 
