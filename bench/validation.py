@@ -102,11 +102,14 @@ def _run(args: argparse.Namespace, spec, workdir: Path) -> int:
     if t_worst is not None:
         print(_line("read_batch, worst-case reject", rows, t_worst))
     print(f"suite: {report.statistics.get('evaluated_expectations')} expectations, success={report.success}")
-    if rows:
-        scaled = t_validate * GOAL_ROWS / rows
-        verdict = "meets" if scaled < GOAL_SECONDS else "MISSES"
-        print(f"goal: validate {GOAL_ROWS:,} rows in < {GOAL_SECONDS:.0f} s -> "
-              f"{scaled:.2f} s (scaled to 1M rows): {verdict} the goal")
+    if rows >= GOAL_ROWS:
+        per_million = t_validate * GOAL_ROWS / rows
+        verdict = "meets" if per_million < GOAL_SECONDS else "MISSES"
+        print(f"goal: validate {GOAL_ROWS:,} rows in < {GOAL_SECONDS:.0f} s -> {per_million:.2f} s per "
+              f"{GOAL_ROWS:,} rows: {verdict} the goal")
+    else:
+        print(f"goal: validate {GOAL_ROWS:,} rows in < {GOAL_SECONDS:.0f} s (run with --rows {GOAL_ROWS} to "
+              "compare; fixed costs dominate small runs)")
     return 0
 
 
