@@ -48,6 +48,7 @@ class Settings:
     reports_dir: Path
     predictions_dir: Path
     serving_port: int
+    gateway_url: str
     specs_dir: Path
     s3_endpoint: str | None
     docker_host: str | None
@@ -86,6 +87,7 @@ def settings() -> Settings:
         reports_dir=Path(_env("MLOPS_REPORTS_DIR", str(state / "reports"))),
         predictions_dir=Path(_env("MLOPS_PREDICTIONS_DIR", str(state / "predictions"))),
         serving_port=_env_int("MLOPS_SERVING_PORT", 8700),
+        gateway_url=_env("MLOPS_GATEWAY_URL", f"http://127.0.0.1:{_env_int('MLOPS_SERVING_PORT', 8700)}"),
         specs_dir=Path(_env("MLOPS_SPECS_DIR", str(PROJECT_ROOT / "include" / "specs"))),
         s3_endpoint=os.environ.get("MLOPS_S3_ENDPOINT") or os.environ.get("AWS_ENDPOINT_URL") or None,
         docker_host=os.environ.get("DOCKER_HOST") or None,
@@ -94,6 +96,24 @@ def settings() -> Settings:
         max_batch_rows=_env_int("MLOPS_MAX_BATCH_ROWS", 5_000_000),
         lock_timeout_s=_env_int("MLOPS_LOCK_TIMEOUT_S", 600),
     )
+
+
+def admin_token(s: Settings | None = None) -> str:
+    """Bearer token for the serving admin endpoints: MLOPS_ADMIN_TOKEN, else a random one kept in
+    ``<state>/secrets/admin_token`` (mode 0600) so the gateway and the deploy task share it."""
+    token = os.environ.get("MLOPS_ADMIN_TOKEN", "").strip()
+    if token:
+        return token
+    s = s or settings()
+    path = s.state_dir / "secrets" / "admin_token"
+    if not path.exists():
+        import secrets
+
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_urlsafe(32))
+    return path.read_text().strip()
 
 
 def airflow_env(s: Settings | None = None) -> dict[str, str]:

@@ -1,0 +1,470 @@
+"""Stage 3: deploy a model version behind the gateway, blue/green, with automatic rollback.
+
+Steps (one DAG task each, so the UI shows where a deploy stopped):
+
+1. ``build``          the serving image for the version (Docker) or nothing (local processes);
+2. ``infra_validate`` a one-shot container (Docker provider's DockerHook) or process loads the
+                      version from the registry and scores the golden holdout sample; the scores
+                      must equal the offline scores of the same version on the same rows;
+3. ``switch``         start the new server next to the old one, wait until it is ready, flip the
+                      gateway to it (zero failed requests, see include/gateway.py), then watch
+                      its health for a while;
+4. ``promote``        only then move the alias ``champion``, tag the version, append to the audit
+                      log and stop the old server after a drain period;
+5. ``rollback``       on any failure in 2-4: the gateway points back at the previous server,
+                      the new one is stopped, the alias is untouched; the old champion keeps serving.
+
+Backends: ``docker`` (a Docker engine, via ``DOCKER_HOST`` or the local socket) and ``local``
+(uvicorn processes on this machine, for ``make demo`` without Docker). ``MLOPS_DEPLOY_BACKEND``
+= ``auto`` picks docker when an engine answers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from include.config import PROJECT_ROOT, Settings, admin_token, settings
+
+log = logging.getLogger(__name__)
+
+GOLDEN_ROWS = 256
+SCORE_TOLERANCE = 1e-9
+SERVING_IMAGE = "mlops-serving"
+
+
+class DeployError(RuntimeError):
+    """A deployment step failed; the message says which and why."""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _http(method: str, url: str, *, body: dict | None = None, token: str | None = None, timeout: float = 5.0):
+    import httpx
+
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return httpx.request(method, url, json=body, headers=headers, timeout=timeout)
+
+
+def wait_ready(url: str, timeout: float = 90.0, alive=lambda: True) -> None:
+    import httpx
+
+    deadline = time.time() + timeout
+    last = "no answer"
+    while time.time() < deadline:
+        if not alive():
+            raise DeployError(f"server for {url} exited before it became ready ({last})")
+        try:
+            r = httpx.get(url.rstrip("/") + "/ready", timeout=2.0)
+            if r.status_code == 200:
+                return
+            last = f"/ready answered {r.status_code}: {r.text[:200]}"
+        except httpx.HTTPError as err:
+            last = str(err)
+        time.sleep(0.3)
+    raise DeployError(f"{url} not ready after {timeout:.0f}s: {last}")
+
+
+def serving_env(model: str, version: str, dataset: str, s: Settings) -> dict[str, str]:
+    return {
+        "MLFLOW_TRACKING_URI": s.mlflow_tracking_uri,
+        "MLFLOW_REGISTRY_URI": s.mlflow_registry_uri,
+        "MLOPS_MODEL_NAME": model,
+        "MLOPS_MODEL_VERSION": str(version),
+        "MLOPS_DATASET": dataset,
+        "MLOPS_PREDICTIONS_DIR": str(s.predictions_dir),
+        "MLOPS_STATE_DIR": str(s.state_dir),
+        "MLOPS_ADMIN_TOKEN": admin_token(s),
+    }
+
+
+# --------------------------------------------------------------------------------------- backends
+
+
+@dataclass
+class LocalBackend:
+    """uvicorn processes on this machine: the embedded default when no Docker engine answers."""
+
+    s: Settings
+    name: str = "local"
+
+    def build(self, model: str, version: str) -> str | None:
+        return None  # the code is already installed in this venv
+
+    def run_once(self, image, argv: list[str], env: dict[str, str]) -> tuple[int, str]:
+        proc = subprocess.run([sys.executable, *argv], env={**os.environ, **env}, capture_output=True,
+                              text=True, timeout=600)
+        return proc.returncode, proc.stdout + proc.stderr
+
+    def start(self, image, model: str, version: str, dataset: str) -> dict:
+        port = _free_port()
+        logs = self.s.state_dir / "deploy" / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        out = open(logs / f"{model}-v{version}-{port}.log", "ab")  # noqa: SIM115 - owned by the child
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "include.serving.app:app", "--host", "127.0.0.1",
+             "--port", str(port), "--log-level", "warning"],
+            env={**os.environ, **serving_env(model, version, dataset, self.s)},
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=PROJECT_ROOT,
+        )
+        return {"backend": self.name, "id": str(proc.pid), "url": f"http://127.0.0.1:{port}",
+                "version": str(version), "port": port}
+
+    def alive(self, instance: dict) -> bool:
+        try:
+            os.kill(int(instance["id"]), 0)
+        except (ProcessLookupError, ValueError):
+            return False
+        # a zombie still answers kill(0): look at its state
+        stat = Path(f"/proc/{instance['id']}/stat")
+        return stat.exists() and stat.read_text().split()[2] != "Z"
+
+    def stop(self, instance: dict) -> None:
+        pid = int(instance["id"])
+        try:
+            os.killpg(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        for _ in range(50):
+            if not self.alive(instance):
+                break
+            time.sleep(0.1)
+        else:
+            os.killpg(pid, signal.SIGKILL)
+        try:
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+
+
+@dataclass
+class DockerBackend:
+    """Containers on a Docker engine, driven through the Airflow Docker provider's DockerHook."""
+
+    s: Settings
+    name: str = "docker"
+
+    @property
+    def api(self):
+        from airflow.providers.docker.hooks.docker import DockerHook
+
+        if not hasattr(self, "_api"):
+            base_url = self.s.docker_host or "unix:///var/run/docker.sock"
+            self._api = DockerHook(docker_conn_id=None, base_url=base_url, timeout=600).api_client
+        return self._api
+
+    def build(self, model: str, version: str) -> str:
+        """Build the serving image once per code version; tag it for the model version."""
+        from include.training import code_sha
+
+        code_tag = f"{SERVING_IMAGE}:code-{code_sha()[:12]}"
+        if not self.api.images(name=code_tag):
+            proc = subprocess.run(
+                [str(PROJECT_ROOT / "tools" / "build_serving_image.sh"), code_tag],
+                capture_output=True, text=True, cwd=PROJECT_ROOT,
+            )
+            if proc.returncode != 0:
+                raise DeployError(f"building the serving image failed:\n{(proc.stdout + proc.stderr)[-3000:]}")
+        tag = f"v{version}"
+        self.api.tag(code_tag, f"{SERVING_IMAGE}-{model}", tag=tag)
+        return f"{SERVING_IMAGE}-{model}:{tag}"
+
+    def _mounts(self) -> list[str]:
+        """Host paths the container must see at the same path: state, the MLflow store, artifacts."""
+        paths = {self.s.state_dir, self.s.predictions_dir}
+        for uri in (self.s.mlflow_tracking_uri, self.s.mlflow_artifact_root):
+            if uri.startswith("sqlite:///"):
+                paths.add(Path(uri[len("sqlite:///"):]).parent)
+            elif uri.startswith("file://"):
+                paths.add(Path(uri[len("file://"):]))
+        self.s.predictions_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.s.predictions_dir, 0o777)  # the container's non-root user appends the log
+        return sorted({str(p) for p in paths})
+
+    def _create(self, image: str, command: list[str], env: dict[str, str], name: str | None = None) -> str:
+        mounts = self._mounts()
+        host_config = self.api.create_host_config(
+            network_mode="host", binds=[f"{p}:{p}:rw" for p in mounts],
+        )
+        c = self.api.create_container(image=image, command=command, environment=env,
+                                      host_config=host_config, name=name,
+                                      labels={"mlops-loop": "serving"})
+        return c["Id"]
+
+    def run_once(self, image: str, argv: list[str], env: dict[str, str]) -> tuple[int, str]:
+        cid = self._create(image, ["python", *argv], env)
+        try:
+            self.api.start(cid)
+            code = self.api.wait(cid, timeout=600)["StatusCode"]
+            return code, self.api.logs(cid).decode(errors="replace")
+        finally:
+            self.api.remove_container(cid, force=True)
+
+    def start(self, image: str, model: str, version: str, dataset: str) -> dict:
+        port = _free_port()
+        name = f"mlops-{model}-v{version}-{port}"
+        cid = self._create(
+            image, ["python", "-m", "uvicorn", "include.serving.app:app", "--host", "127.0.0.1",
+                    "--port", str(port), "--log-level", "warning"],
+            serving_env(model, version, dataset, self.s), name=name,
+        )
+        self.api.start(cid)
+        return {"backend": self.name, "id": cid, "name": name, "url": f"http://127.0.0.1:{port}",
+                "version": str(version), "port": port}
+
+    def alive(self, instance: dict) -> bool:
+        try:
+            return self.api.inspect_container(instance["id"])["State"]["Running"]
+        except Exception:  # noqa: BLE001 - gone is not alive
+            return False
+
+    def stop(self, instance: dict) -> None:
+        try:
+            self.api.stop(instance["id"], timeout=10)
+            self.api.remove_container(instance["id"], force=True)
+        except Exception as err:  # noqa: BLE001 - already gone is fine
+            log.info("stopping %s: %s", instance.get("name", instance["id"]), err)
+
+
+def docker_available(s: Settings | None = None) -> bool:
+    s = s or settings()
+    try:
+        import docker
+
+        docker.DockerClient(base_url=s.docker_host or "unix:///var/run/docker.sock", timeout=3).ping()
+        return True
+    except Exception:  # noqa: BLE001 - any failure means no engine
+        return False
+
+
+def get_backend(name: str | None = None, s: Settings | None = None):
+    s = s or settings()
+    name = name or s.deploy_backend
+    if name == "auto":
+        name = "docker" if docker_available(s) else "local"
+    if name == "docker":
+        return DockerBackend(s)
+    if name == "local":
+        return LocalBackend(s)
+    raise ValueError(f"MLOPS_DEPLOY_BACKEND must be auto, docker or local; got {name!r}")
+
+
+def backend_for(instance: dict, s: Settings | None = None):
+    return get_backend(instance["backend"], s)
+
+
+# ---------------------------------------------------------------------------------------- gateway
+
+
+def gateway_status(s: Settings | None = None) -> dict | None:
+    s = s or settings()
+    try:
+        r = _http("GET", s.gateway_url + "/_gateway/status", timeout=2.0)
+        return r.json() if r.status_code == 200 else None
+    except Exception:  # noqa: BLE001 - not running
+        return None
+
+
+def ensure_gateway(s: Settings | None = None) -> dict:
+    """Start the gateway as a background process if nothing answers at MLOPS_GATEWAY_URL."""
+    s = s or settings()
+    status = gateway_status(s)
+    if status is not None:
+        return status
+    port = int(s.gateway_url.rsplit(":", 1)[1].split("/")[0])
+    logs = s.state_dir / "deploy" / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    subprocess.Popen(
+        [sys.executable, "-m", "include.gateway", "--port", str(port)],
+        stdout=open(logs / "gateway.log", "ab"), stderr=subprocess.STDOUT,  # noqa: SIM115
+        start_new_session=True, cwd=PROJECT_ROOT, env=os.environ.copy(),
+    )
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        status = gateway_status(s)
+        if status is not None:
+            log.info("started the gateway on %s", s.gateway_url)
+            return status
+        time.sleep(0.2)
+    raise DeployError(f"the gateway did not start on {s.gateway_url}; see {logs / 'gateway.log'}")
+
+
+def gateway_switch(upstream: dict, *, why: str, s: Settings | None = None, require_ready: bool = True) -> dict:
+    s = s or settings()
+    r = _http("POST", s.gateway_url + "/_gateway/switch", token=admin_token(s),
+              body={**upstream, "why": why, "require_ready": require_ready})
+    if r.status_code != 200:
+        raise DeployError(f"gateway refused the switch to {upstream.get('url')}: {r.status_code} {r.text[:300]}")
+    return r.json()
+
+
+def stop_gateway(s: Settings | None = None) -> None:
+    """Stop the embedded gateway process (tests, `make clean-state`)."""
+    s = s or settings()
+    port = s.gateway_url.rsplit(":", 1)[1].split("/")[0]
+    subprocess.run(["pkill", "-f", f"include.gateway --port {port}"], check=False)
+
+
+# ------------------------------------------------------------------------------------------ steps
+
+
+def golden_sample(model: str, version: str, s: Settings | None = None) -> Path:
+    """The first GOLDEN_ROWS rows of the version's own holdout, saved where a container can read it."""
+    import mlflow
+    import pandas as pd
+
+    from include.tracking import client, configure_mlflow
+    from include.training import HOLDOUT_ARTIFACT
+
+    s = s or settings()
+    configure_mlflow()
+    mv = client().get_model_version(model, str(version))
+    out = s.state_dir / "deploy" / "golden" / f"{model}-v{version}.parquet"
+    if not out.exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        local = mlflow.artifacts.download_artifacts(run_id=mv.run_id, artifact_path=HOLDOUT_ARTIFACT)
+        pd.read_parquet(local).head(GOLDEN_ROWS).to_parquet(out, index=False)
+        os.chmod(out, 0o644)
+    return out
+
+
+def infra_validate(model: str, version: str, dataset: str, image: str | None, backend) -> dict:
+    """Score the golden sample inside the image and compare with the offline scores."""
+    import numpy as np
+
+    from include.infra_validation import score_golden
+
+    s = backend.s
+    golden = golden_sample(model, version, s)
+    offline = np.asarray(score_golden(model, version, str(golden), dataset))
+    code, output = backend.run_once(
+        image, ["-m", "include.infra_validation", "--model", model, "--version", str(version),
+                "--golden", str(golden), "--dataset", dataset],
+        serving_env(model, version, dataset, s),
+    )
+    lines = [ln for ln in output.splitlines() if ln.startswith("{")]
+    result = json.loads(lines[-1]) if lines else {}
+    if code != 0 or "scores" not in result:
+        raise DeployError(f"infra validation of {model} v{version} failed: the {backend.name} image could not "
+                          f"score the golden sample (exit {code}): {result.get('error') or output[-1500:]}")
+    served = np.asarray(result["scores"])
+    if served.shape != offline.shape:
+        raise DeployError(f"infra validation of {model} v{version}: {served.size} scores, expected {offline.size}")
+    diff = float(np.max(np.abs(served - offline))) if offline.size else 0.0
+    if not np.isfinite(served).all() or diff > SCORE_TOLERANCE:
+        raise DeployError(f"infra validation of {model} v{version}: served scores differ from offline scores "
+                          f"(max abs diff {diff:.3g} > {SCORE_TOLERANCE})")
+    log.info("infra validation of %s v%s passed: %d rows, max abs diff %.3g", model, version, served.size, diff)
+    return {"rows": int(served.size), "max_abs_diff": diff, "backend": backend.name, "image": image}
+
+
+def switch_traffic(model: str, version: str, dataset: str, image: str | None, backend, *,
+                   watch_s: float = 5.0) -> dict:
+    """Start the new server, flip the gateway once it is ready, then watch it; undo on failure."""
+    s = backend.s
+    status = ensure_gateway(s)
+    previous = status.get("active")
+    instance = backend.start(image, model, version, dataset)
+    try:
+        wait_ready(instance["url"], alive=lambda: backend.alive(instance))
+        gateway_switch(instance, why=f"deploy {model} v{version}", s=s)
+        deadline = time.time() + watch_s
+        while time.time() < deadline:
+            if not backend.alive(instance):
+                raise DeployError(f"{model} v{version} died {watch_s - (deadline - time.time()):.1f}s after the switch")
+            time.sleep(0.25)
+        r = _http("GET", instance["url"] + "/ready")
+        if r.status_code != 200:
+            raise DeployError(f"{model} v{version} is not ready after the switch: {r.status_code} {r.text[:200]}")
+    except Exception:
+        _undo_switch(instance, previous, backend)
+        raise
+    return {"instance": instance, "previous": previous}
+
+
+def _undo_switch(instance: dict, previous: dict | None, backend) -> None:
+    s = backend.s
+    status = gateway_status(s) or {}
+    active = status.get("active") or {}
+    if previous and active.get("url") == instance["url"]:
+        gateway_switch(previous, why=f"rollback from v{instance['version']}", s=s, require_ready=False)
+    backend.stop(instance)
+
+
+def audit(event: dict, s: Settings | None = None) -> None:
+    s = s or settings()
+    path = s.reports_dir / "deployments.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        fh.write(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **event}) + "\n")
+
+
+def promote(model: str, version: str, switched: dict, *, trigger: dict, drain_s: float = 2.0) -> dict:
+    """Move the champion alias to the now-serving version, record it, retire the old server."""
+    from include.tracking import client, configure_mlflow, with_retry
+
+    s = settings()
+    configure_mlflow()
+    c = client()
+    try:
+        old = c.get_model_version_by_alias(model, "champion").version
+    except Exception:  # noqa: BLE001 - first deployment
+        old = None
+    with_retry(c.set_registered_model_alias, model, "champion", str(version))
+    with_retry(c.set_model_version_tag, model, str(version), "deployed_at",
+               time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    instance, previous = switched["instance"], switched.get("previous")
+    record = {"event": "deployed", "model": model, "version": str(version), "previous_champion": old,
+              "endpoint": s.gateway_url, "instance": instance, "trigger": trigger}
+    audit(record, s)
+    if previous and previous.get("url") != instance["url"]:
+        time.sleep(drain_s)  # requests already routed to the old server finish
+        backend_for(previous, s).stop(previous)
+    return {"model": model, "version": str(version), "endpoint": s.gateway_url,
+            "backend": instance["backend"], "previous_champion": old}
+
+
+def rollback(model: str, version: str, *, reason: str) -> dict:
+    """After a failed step: the gateway serves the old champion, the new server is gone."""
+    s = settings()
+    status = gateway_status(s) or {}
+    active, fallback = status.get("active") or {}, status.get("fallback")
+    restored = None
+    if active.get("version") == str(version) and fallback:
+        gateway_switch(fallback, why=f"rollback: {reason}", s=s, require_ready=False)
+        backend_for(active, s).stop(active)
+        restored = fallback.get("version")
+    audit({"event": "rolled_back", "model": model, "version": str(version), "reason": reason,
+           "serving": restored or (active.get("version") if active.get("version") != str(version) else None)}, s)
+    return {"serving": restored or active.get("version"), "reason": reason}
+
+
+def already_deployed(model: str, version: str) -> bool:
+    """Idempotency: the version is champion AND the gateway serves it."""
+    from include.tracking import client, configure_mlflow
+
+    configure_mlflow()
+    try:
+        champion = client().get_model_version_by_alias(model, "champion").version
+    except Exception:  # noqa: BLE001 - no champion yet
+        return False
+    status = gateway_status() or {}
+    active = status.get("active") or {}
+    if str(champion) != str(version) or active.get("version") != str(version):
+        return False
+    try:
+        return _http("GET", active["url"] + "/ready", timeout=2.0).status_code == 200
+    except Exception:  # noqa: BLE001
+        return False

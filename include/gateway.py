@@ -1,0 +1,167 @@
+"""The serving gateway: one stable endpoint in front of blue/green model servers.
+
+Why a gateway (and not only a hot model swap inside one server): infra validation and the switch
+must be able to fail without touching what is serving. The new version runs in its own container
+(or process) next to the old one; the gateway flips its upstream pointer atomically once the new
+one is ready, so requests in flight finish on the old upstream and new ones go to the new one:
+zero failed requests. The old upstream keeps running through a drain period, and stays the
+fallback:
+
+* a request whose upstream connection fails is retried once on the fallback (a container that
+  dies between health checks costs no failed request);
+* a background health check probes the active upstream every ``interval`` seconds; after
+  ``failures`` misses in a row it switches back to the fallback (automatic rollback) and records it.
+
+State (active + fallback upstream, history) is a JSON file, so the deploy task (another process)
+reads and changes it through the admin API, and a restarted gateway resumes where it was.
+
+Run: ``python -m include.gateway --port 8700`` (admin token: ``include.config.admin_token()``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import time
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+log = logging.getLogger("mlops.gateway")
+
+HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "te", "upgrade", "proxy-authorization",
+               "content-length", "host"}
+
+
+class GatewayState:
+    def __init__(self, path: Path):
+        self.path = path
+        data = json.loads(path.read_text()) if path.exists() else {}
+        self.active: dict | None = data.get("active")
+        self.fallback: dict | None = data.get("fallback")
+        self.events: list[dict] = data.get("events", [])
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"active": self.active, "fallback": self.fallback,
+                                   "events": self.events[-200:]}, indent=2))
+        tmp.replace(self.path)
+
+    def switch(self, upstream: dict, *, why: str) -> None:
+        previous = self.active
+        self.active, self.fallback = upstream, previous
+        self.events.append({"time": time.time(), "event": "switch", "why": why,
+                            "to": upstream, "from": previous})
+        self.save()
+        log.warning("gateway: switched to %s (%s)", upstream, why)
+
+    def view(self) -> dict:
+        return {"active": self.active, "fallback": self.fallback, "events": self.events[-20:]}
+
+
+def create_app(state_path: Path, *, admin_token: str | None, interval: float = 1.0, failures: int = 3):
+    import httpx
+    from fastapi import FastAPI, Request
+    from fastapi.responses import JSONResponse, Response
+
+    state = GatewayState(state_path)
+    client = httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=2.0),
+                               limits=httpx.Limits(max_connections=200, max_keepalive_connections=50))
+
+    async def probe(upstream: dict) -> bool:
+        try:
+            r = await client.get(upstream["url"].rstrip("/") + "/ready", timeout=2.0)
+            return r.status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    async def health_loop():
+        misses = 0
+        while True:
+            await asyncio.sleep(interval)
+            if not state.active:
+                continue
+            if await probe(state.active):
+                misses = 0
+                continue
+            misses += 1
+            log.warning("gateway: active upstream %s failed health check (%d/%d)",
+                        state.active.get("url"), misses, failures)
+            if misses >= failures and state.fallback and await probe(state.fallback):
+                state.switch(state.fallback, why=f"auto-rollback: {state.active.get('version')} unhealthy")
+                misses = 0
+
+    @asynccontextmanager
+    async def lifespan(app):
+        task = asyncio.create_task(health_loop())
+        yield
+        task.cancel()
+        await client.aclose()
+
+    app = FastAPI(title="mlops-loop gateway", lifespan=lifespan, docs_url=None, redoc_url=None)
+
+    def authorised(request: Request) -> bool:
+        return bool(admin_token) and request.headers.get("authorization") == f"Bearer {admin_token}"
+
+    @app.get("/_gateway/status")
+    async def status():
+        return state.view()
+
+    @app.post("/_gateway/switch")
+    async def switch(request: Request):
+        if not authorised(request):
+            return JSONResponse({"detail": "admin token required (Authorization: Bearer ...)"}, status_code=401)
+        body = await request.json()
+        upstream = {k: body[k] for k in ("url", "version", "instance") if k in body}
+        if "url" not in upstream:
+            return JSONResponse({"detail": "body needs 'url' (and 'version', 'instance')"}, status_code=400)
+        if body.get("require_ready", True) and not await probe(upstream):
+            return JSONResponse({"detail": f"upstream {upstream['url']} is not ready; not switching"},
+                                status_code=409)
+        state.switch(upstream, why=body.get("why", "deploy"))
+        return state.view()
+
+    @app.api_route("/{path:path}", methods=["GET", "POST", "PUT", "DELETE", "PATCH"])
+    async def proxy(path: str, request: Request):
+        if not state.active:
+            return JSONResponse({"detail": "no model deployed yet"}, status_code=503)
+        body = await request.body()
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_HEADERS}
+        targets = [state.active] + ([state.fallback] if state.fallback else [])
+        last_error = None
+        for upstream in targets:
+            url = upstream["url"].rstrip("/") + "/" + path
+            try:
+                r = await client.request(request.method, url, content=body, headers=headers,
+                                         params=request.query_params)
+            except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError) as err:
+                # Only transport failures are retried on the fallback: the request never reached a
+                # model (or the model process died); an HTTP error answer is the model's answer.
+                last_error = err
+                continue
+            out = {k: v for k, v in r.headers.items() if k.lower() not in HOP_HEADERS | {"content-encoding"}}
+            return Response(r.content, status_code=r.status_code, headers=out)
+        return JSONResponse({"detail": f"no upstream answered: {last_error}"}, status_code=502)
+
+    return app
+
+
+def main() -> None:
+    from include.config import admin_token, settings
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=settings().serving_port)
+    ap.add_argument("--state", default=str(settings().state_dir / "deploy" / "gateway.json"))
+    args = ap.parse_args()
+    import uvicorn
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    app = create_app(Path(args.state), admin_token=admin_token())
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+
+
+if __name__ == "__main__":
+    main()
