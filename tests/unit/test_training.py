@@ -1,0 +1,204 @@
+"""Training without MLflow: split determinism, input checks, pipelines, skops allow-list, metrics."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from include.demo_data import make_batch
+from include.spec import load_spec, parse_spec
+from include.training import (
+    FAMILIES,
+    SKOPS_TRUSTED_TYPES,
+    TrainingInputError,
+    build_pipeline,
+    check_frame,
+    compute_metrics,
+    make_run_key,
+    metric_key,
+    predict_scores,
+    split,
+)
+
+
+@pytest.fixture(scope="module")
+def spec():
+    return load_spec("sessions")
+
+
+@pytest.fixture(scope="module")
+def df():
+    return make_batch(0, 1000, seed=7)
+
+
+@pytest.fixture(scope="module")
+def reg_spec():
+    return parse_spec({
+        "name": "prices", "key": "id", "target": "price", "task": "regression", "slices": ["kind"],
+        "columns": {
+            "id": {"dtype": "string"},
+            "kind": {"dtype": "category", "values": ["a", "b", "c"]},
+            "city": {"dtype": "string"},
+            "size": {"dtype": "float"},
+            "rooms": {"dtype": "int"},
+            "price": {"dtype": "float"},
+        },
+    })
+
+
+@pytest.fixture(scope="module")
+def reg_df():
+    rng = np.random.default_rng(0)
+    n = 400
+    kind = rng.choice(["a", "b", "c"], n)
+    size = rng.gamma(3, 20, n)
+    rooms = rng.integers(1, 6, n)
+    return pd.DataFrame({
+        "id": [f"r{i}" for i in range(n)], "kind": kind, "city": rng.choice(["x", "y"], n),
+        "size": size, "rooms": rooms,
+        "price": 3 * size + 10 * rooms + np.where(kind == "a", 50, 0) + rng.normal(0, 5, n),
+    })
+
+
+# ------------------------------------------------------------------------------------------- split
+
+
+def test_time_split_is_deterministic_and_ordered(spec, df):
+    train, val, test = split(df, spec)
+    assert (len(train), len(val), len(test)) == (600, 200, 200)
+    assert train[spec.timestamp].max() <= val[spec.timestamp].min()
+    assert val[spec.timestamp].max() <= test[spec.timestamp].min()
+    # the input row order does not matter
+    shuffled = df.sample(frac=1.0, random_state=3)
+    for a, b in zip(split(shuffled, spec), (train, val, test), strict=True):
+        pd.testing.assert_frame_equal(a, b)
+
+
+def test_shuffle_split_without_timestamp(spec, df):
+    no_ts = dataclasses.replace(spec, timestamp=None)
+    a = split(df, no_ts, seed=1)
+    b = split(df.sample(frac=1.0, random_state=5), no_ts, seed=1)
+    c = split(df, no_ts, seed=2)
+    for x, y in zip(a, b, strict=True):
+        pd.testing.assert_frame_equal(x, y)
+    assert set(a[2][spec.key]) != set(c[2][spec.key])
+    assert set(a[0][spec.key]).isdisjoint(a[2][spec.key])
+    assert sum(len(p) for p in a) == len(df)
+
+
+@pytest.mark.parametrize("holdout, val", [(0.0, 0.2), (0.5, 0.5), (1.2, 0.1)])
+def test_split_rejects_bad_fractions(spec, df, holdout, val):
+    with pytest.raises(TrainingInputError, match="holdout_frac"):
+        split(df, spec, holdout_frac=holdout, val_frac=val)
+
+
+# ------------------------------------------------------------------------------------ input checks
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda d: d.drop(columns=["purchased"]), "target column 'purchased'.*not in the data"),
+        (lambda d: d.drop(columns=["device", "cart_items"]), r"feature column\(s\) \['device', 'cart_items'\]"),
+        (lambda d: d.head(30), "too small to split: 30 rows, need at least 50"),
+        (lambda d: d.assign(purchased=0), "single class"),
+        (lambda d: d.assign(purchased=np.arange(len(d)) % 3), "only binary classification"),
+        (lambda d: d.assign(purchased=d.purchased.astype(float).where(d.index > 5)), "6 missing value"),
+    ],
+    ids=["no-target", "no-features", "too-small", "single-class", "multiclass", "null-target"],
+)
+def test_check_frame_says_what_to_fix(spec, df, mutate, message):
+    with pytest.raises(TrainingInputError, match=message):
+        check_frame(mutate(df.copy()), spec)
+
+
+def test_regression_target_must_be_numeric(reg_spec, reg_df):
+    with pytest.raises(TrainingInputError, match="not numeric"):
+        check_frame(reg_df.assign(price="cheap"), reg_spec)
+
+
+def test_unknown_family_names_known_ones(spec, reg_spec):
+    with pytest.raises(ValueError, match="unknown model family 'xgb'.*known families: logreg, hgb"):
+        build_pipeline(spec, "xgb", {}, 0)
+    with pytest.raises(ValueError, match="known families: ridge, hgb"):
+        build_pipeline(reg_spec, "logreg", {}, 0)
+
+
+def test_bad_params_name_the_valid_ones(spec):
+    with pytest.raises(TrainingInputError, match="bad params.*valid names"):
+        build_pipeline(spec, "logreg", {"depth": 3}, 0)
+
+
+# ---------------------------------------------------------------------------------------- pipeline
+
+
+@pytest.mark.parametrize("task, family", [(t, f) for t, fams in FAMILIES.items() for f in fams])
+def test_pipelines_need_exactly_the_trusted_skops_types(task, family, spec, df, reg_spec, reg_df):
+    import skops.io
+
+    s, d = (spec, df) if task == "classification" else (reg_spec, reg_df)
+    pipe = build_pipeline(s, family, {"max_iter": 20} if family == "hgb" else {}, 0).fit(d, d[s.target])
+    untrusted = set(skops.io.get_untrusted_types(data=skops.io.dumps(pipe)))
+    assert untrusted <= set(SKOPS_TRUSTED_TYPES)
+    if family == "hgb":
+        assert untrusted == set(SKOPS_TRUSTED_TYPES)  # nothing in the list is unused
+    loaded = skops.io.loads(skops.io.dumps(pipe), trusted=SKOPS_TRUSTED_TYPES)
+    np.testing.assert_array_equal(predict_scores(loaded, d, s), predict_scores(pipe, d, s))
+
+
+def test_scores_are_probabilities_and_reproducible(spec, df):
+    train, _, test = split(df, spec)
+    a = build_pipeline(spec, "hgb", {}, 42).fit(train, train[spec.target])
+    b = build_pipeline(spec, "hgb", {}, 42).fit(train, train[spec.target])
+    sa, sb = predict_scores(a, test, spec), predict_scores(b, test, spec)
+    np.testing.assert_array_equal(sa, sb)
+    assert sa.shape == (len(test),) and ((sa >= 0) & (sa <= 1)).all()
+
+
+def test_unknown_and_missing_categories_are_tolerated(spec, df):
+    pipe = build_pipeline(spec, "logreg", {}, 0).fit(df, df[spec.target])
+    odd = df.head(3).copy()
+    odd["device"] = ["watch", None, "mobile"]
+    assert np.isfinite(predict_scores(pipe, odd, spec)).all()
+
+
+def test_regression_pipelines_fit(reg_spec, reg_df):
+    for family in FAMILIES["regression"]:
+        pipe = build_pipeline(reg_spec, family, {}, 0).fit(reg_df, reg_df.price)
+        m = compute_metrics(reg_df.price.to_numpy(), predict_scores(pipe, reg_df, reg_spec), "regression")
+        assert m["r2"] > 0.8, (family, m)
+
+
+# ----------------------------------------------------------------------------------------- metrics
+
+
+def test_compute_metrics_classification():
+    y = np.array([0, 0, 1, 1, 1, 0])
+    s = np.array([0.1, 0.6, 0.7, 0.4, 0.9, 0.2])
+    m = compute_metrics(y, s, "classification")
+    assert m["roc_auc"] == pytest.approx(roc_auc_score(y, s))
+    assert m["accuracy"] == pytest.approx(4 / 6)
+    assert set(m) == {"roc_auc", "accuracy", "f1", "log_loss"}
+    assert np.isnan(compute_metrics(np.zeros(3), np.array([0.1, 0.2, 0.3]), "classification")["roc_auc"])
+
+
+def test_metric_names_are_valid_for_mlflow():
+    from mlflow.utils.validation import _validate_metric_name
+
+    for key in (metric_key("test", "roc_auc", "device", "mobile"),
+                metric_key("test", "roc_auc", "city", "São Paulo=1/2?")):
+        _validate_metric_name(key)
+    assert metric_key("test", "roc_auc", "device", "mobile") == "test_roc_auc__device.mobile"
+
+
+def test_run_key_depends_on_what_determines_the_model():
+    a = make_run_key("sessions", "abc", family="hgb", params={"max_iter": 10}, seed=1)
+    assert a == make_run_key("sessions", "abc", family="hgb", params={"max_iter": 10}, seed=1)
+    assert a != make_run_key("sessions", "abd", family="hgb", params={"max_iter": 10}, seed=1)
+    assert a != make_run_key("sessions", "abc", family="hgb", params={"max_iter": 11}, seed=1)
+    assert a != make_run_key("sessions", "abc", family="hgb", params={"max_iter": 10}, seed=2)
+    assert "'" not in a
