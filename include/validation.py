@@ -100,12 +100,19 @@ class BatchRejected(Exception):
     def __str__(self) -> str:
         return self.message
 
+    def __reduce__(self):  # picklable despite the keyword-rich constructor (multiprocessing, retries)
+        return (_rebuild_rejection, (self.batch, self.kind, self.message, self.details, self.report))
+
     def to_json(self) -> dict:
         out = {"batch": self.batch, "kind": self.kind, "message": self.message, "details": self.details}
         if self.report is not None:
             out["validation_id"] = self.report.validation_id
             out["failures"] = self.report.failures
         return out
+
+
+def _rebuild_rejection(batch, kind, message, details, report) -> BatchRejected:
+    return BatchRejected(batch, kind, message, details, report=report)
 
 
 def _reject(batch: str, kind: str, problem: str, **details: Any) -> BatchRejected:
@@ -549,11 +556,11 @@ def _describe_failure(f: dict) -> str:
         return f"{col}: {exp} raised {f['error']}"
     if exp == "expect_column_values_to_not_be_null":
         mostly = kw.get("mostly")
-        limit = f", over the {1 - mostly:.0%} allowed" if mostly else ""
+        limit = f", over the {1 - mostly:.0%} allowed" if mostly else ", and the column is not nullable"
         return f"{col}: {f.get('unexpected_count', 0):,} null(s) ({f.get('unexpected_percent') or 0:.1f}%{limit})"
     if exp == "expect_column_values_to_be_between":
-        return (f"{col}: {f.get('unexpected_count', 0):,} value(s) outside [{kw.get('min_value')}, "
-                f"{kw.get('max_value')}], e.g. {f.get('sample_values', [])[:5]}")
+        return (f"{col}: {f.get('unexpected_count', 0):,} value(s) {_bounds(kw.get('min_value'), kw.get('max_value'))}, "
+                f"e.g. {f.get('sample_values', [])[:5]}")
     if exp == "expect_column_values_to_be_in_set":
         return (f"{col}: {f.get('unexpected_count', 0):,} value(s) not in {kw.get('value_set')}, "
                 f"e.g. {f.get('sample_values', [])[:5]}")
@@ -562,6 +569,18 @@ def _describe_failure(f: dict) -> str:
     if f.get("observed_value") is not None:
         return f"{col}: {exp} (observed {json.dumps(f['observed_value'])[:200]})"
     return f"{col}: {exp} ({f.get('unexpected_count')} unexpected, e.g. {f.get('sample_values', [])[:5]})"
+
+
+def _num(x: Any) -> str:
+    return str(int(x)) if isinstance(x, float) and x.is_integer() else str(x)
+
+
+def _bounds(lo: Any, hi: Any) -> str:
+    if lo is None:
+        return f"above {_num(hi)}"
+    if hi is None:
+        return f"below {_num(lo)}"
+    return f"outside [{_num(lo)}, {_num(hi)}]"
 
 
 def _failures_from(result: dict, spec: DatasetSpec) -> list[dict]:

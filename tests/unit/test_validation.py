@@ -112,6 +112,13 @@ def test_gzip_is_detected_by_magic_bytes(landing, spec, good):
     assert len(read_batch(path, spec)) == N
 
 
+def test_excel_style_bom_and_crlf_are_fine(landing, spec, good):
+    path = landing / "excel.csv"
+    path.write_bytes(b"\xef\xbb\xbf" + good.to_csv(index=False, lineterminator="\r\n").encode())
+    df = read_batch(path, spec)
+    assert list(df.columns) == spec.column_names and len(df) == N
+
+
 def test_chunked_read_equals_single_read(landing, spec, good, monkeypatch):
     path = write_batch(good, landing / "day-003.csv")
     whole = read_batch(path, spec)
@@ -319,7 +326,7 @@ def test_a_few_nulls_in_a_nullable_column_pass(landing, spec, good):
 def test_nulls_in_a_non_nullable_column(landing, spec, good):
     good.loc[[3, 4], "device"] = None
     path = write_batch(good, landing / "nulls.csv")
-    err = _rejected(path, spec, "expectations_failed", "device", "2 null(s)")
+    err = _rejected(path, spec, "expectations_failed", "device", "2 null(s)", "not nullable")
     assert _failed(err)[("expect_column_values_to_not_be_null", "device")]["unexpected_count"] == 2
 
 
@@ -327,7 +334,7 @@ def test_values_out_of_range(landing, spec, good):
     good.loc[[1, 2], "pages_viewed"] = -5
     good.loc[7, "device"] = "toaster"
     path = write_batch(good, landing / "range.csv")
-    err = _rejected(path, spec, "expectations_failed", "pages_viewed", "-5", "device", "toaster")
+    err = _rejected(path, spec, "expectations_failed", "pages_viewed", "outside [1, 500]", "-5", "device", "toaster")
     failed = _failed(err)
     between = failed[("expect_column_values_to_be_between", "pages_viewed")]
     assert between["unexpected_count"] == 2
@@ -388,6 +395,17 @@ def test_quarantine_never_overwrites(landing, spec, state):
         folders.append(quarantine(path, info.value))
     assert len(set(folders)) == 3
     assert all((f / "same.csv").exists() and f.parent == state.quarantine_dir for f in folders)
+
+
+def test_rejection_pickles_with_its_report(spec, good):
+    import pickle
+
+    good.loc[0, "device"] = "toaster"
+    report = validate(good, spec, batch="p.csv")
+    err = BatchRejected("p.csv", "expectations_failed", report.summary(), {"n": 1}, report=report)
+    again = pickle.loads(pickle.dumps(err))
+    assert (again.batch, again.kind, str(again), again.details) == ("p.csv", "expectations_failed", str(err), {"n": 1})
+    assert again.report == report
 
 
 def test_quarantine_of_a_missing_file_raises(landing, spec):
