@@ -641,7 +641,8 @@ def _frame_for_gx(df: pd.DataFrame) -> pd.DataFrame:
         if isinstance(dtype, pd.Int64Dtype | pd.Float64Dtype):
             cast[name] = "int64" if not df[name].hasnans else "float64"
     out = df.astype(cast) if cast else df
-    return out.copy() if not out._mgr.is_consolidated() else out
+    is_consolidated = getattr(getattr(out, "_mgr", None), "is_consolidated", None)  # pandas internals
+    return out if is_consolidated is not None and is_consolidated() else out.copy()
 
 
 def validate(df: pd.DataFrame, spec: DatasetSpec, *, batch: str) -> ValidationReport:
