@@ -108,7 +108,7 @@ class DriftPolicy:
     prediction_drift_triggers: bool = False
     quality_floor: dict[str, float] = field(default_factory=dict)
     quality_ceiling: dict[str, float] = field(default_factory=dict)
-    min_labeled: int = 200
+    min_labeled: int = 1000
     seed: int = 0
 
     def __post_init__(self) -> None:
