@@ -491,7 +491,14 @@ def evaluate_and_decide(model_name: str, version: str | int, *, dataset: str, tr
     from include.config import settings
     from include.spec import load_spec
     from include.tracking import client, configure_mlflow, with_retry
-    from include.training import HOLDOUT_ARTIFACT, load_model, predict_scores, slice_labels, target_array
+    from include.training import (
+        HOLDOUT_ARTIFACT,
+        compute_threads,
+        load_model,
+        predict_scores,
+        slice_labels,
+        target_array,
+    )
 
     override = validate_override(override)
     trigger = dict(trigger or {})
@@ -524,24 +531,25 @@ def evaluate_and_decide(model_name: str, version: str | int, *, dataset: str, tr
         local = with_retry(mlflow.artifacts.download_artifacts, run_id=mv.run_id,
                            artifact_path=HOLDOUT_ARTIFACT, dst_path=tmp)
         holdout = pd.read_parquet(local)
-    challenger = load_model(model_name, version)
-    y = target_array(holdout, spec, challenger)
-    chall_scores = predict_scores(challenger, holdout, spec)
-    champ_scores = None
-    champ_run = None
-    if champ_mv is not None:
-        champion = load_model(model_name, champ_mv.version)
-        if spec.task == "classification" and list(champion.classes_) != list(challenger.classes_):
-            raise ValueError(f"champion v{champ_mv.version} classes {list(champion.classes_)} differ from the "
-                             f"challenger's {list(challenger.classes_)}; they cannot be compared")
-        champ_scores = predict_scores(champion, holdout, spec)
-        champ_run = with_retry(c.get_run, champ_mv.run_id)
-    t_score = time.perf_counter() - t0
+    with compute_threads():
+        challenger = load_model(model_name, version)
+        y = target_array(holdout, spec, challenger)
+        chall_scores = predict_scores(challenger, holdout, spec)
+        champ_scores = None
+        champ_run = None
+        if champ_mv is not None:
+            champion = load_model(model_name, champ_mv.version)
+            if spec.task == "classification" and list(champion.classes_) != list(challenger.classes_):
+                raise ValueError(f"champion v{champ_mv.version} classes {list(champion.classes_)} differ from the "
+                                 f"challenger's {list(challenger.classes_)}; they cannot be compared")
+            champ_scores = predict_scores(champion, holdout, spec)
+            champ_run = with_retry(c.get_run, champ_mv.run_id)
+        t_score = time.perf_counter() - t0
 
-    slices = {col: slice_labels(holdout, col) for col in spec.slices if col in holdout.columns}
-    t0 = time.perf_counter()
-    checks = run_checks(y, chall_scores, champ_scores, slices, policy)
-    t_checks = time.perf_counter() - t0
+        slices = {col: slice_labels(holdout, col) for col in spec.slices if col in holdout.columns}
+        t0 = time.perf_counter()
+        checks = run_checks(y, chall_scores, champ_scores, slices, policy)
+        t_checks = time.perf_counter() - t0
     decision, reasons = decide(checks, override)
 
     def lineage(v, r) -> dict:

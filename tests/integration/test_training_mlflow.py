@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -249,6 +252,25 @@ def test_load_model_refuses_types_outside_the_allow_list(state, spec):
 # ------------------------------------------------------------------------- distributed: PostgreSQL
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_health(url: str, proc: subprocess.Popen, timeout: float = 120.0) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"mlflow server exited with {proc.returncode} before {url} answered")
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return
+        except OSError:
+            time.sleep(0.3)
+    raise TimeoutError(f"{url} did not answer within {timeout}s")
+
+
 def _pg_dsn(db: str = "postgres") -> str:
     return f"postgresql://postgres@127.0.0.1:5432/{db}"
 
@@ -257,8 +279,6 @@ def _pg_dsn(db: str = "postgres") -> str:
 def mlflow_server(state, tmp_path, monkeypatch):
     """`mlflow server` on a fresh PostgreSQL database; the env points MLflow at it; dropped after."""
     psycopg2 = pytest.importorskip("psycopg2")
-    from tests.integration.conftest import free_port, wait_http
-
     try:
         admin = psycopg2.connect(_pg_dsn(), connect_timeout=5)
     except psycopg2.OperationalError as err:
@@ -267,7 +287,7 @@ def mlflow_server(state, tmp_path, monkeypatch):
     db = f"mlflow_test_{uuid.uuid4().hex[:10]}"
     with admin.cursor() as cur:
         cur.execute(f'CREATE DATABASE "{db}"')
-    port = free_port()
+    port = _free_port()
     log_path = tmp_path / "mlflow-server.log"
     log = open(log_path, "wb")  # noqa: SIM115 - closed in finally
     proc = subprocess.Popen(
@@ -278,7 +298,7 @@ def mlflow_server(state, tmp_path, monkeypatch):
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_http(f"{url}/health", timeout=120, proc=proc)
+        _wait_health(f"{url}/health", proc)
         monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
         monkeypatch.setenv("MLFLOW_REGISTRY_URI", url)
         monkeypatch.delenv("MLOPS_MLFLOW_ARTIFACT_ROOT")  # the server decides where artifacts go
