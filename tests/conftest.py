@@ -8,6 +8,8 @@ quarantine) comes from the ``state`` fixture.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -20,6 +22,7 @@ os.environ.pop("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", None)
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 
 from include.config import airflow_env, settings  # noqa: E402
+from tests.services import free_port, wait_http  # noqa: E402
 
 os.environ.update(airflow_env())
 os.environ.setdefault("AIRFLOW__CORE__UNIT_TEST_MODE", "False")
@@ -60,3 +63,35 @@ def state(tmp_path, monkeypatch):
     monkeypatch.setenv("MLOPS_PREDICTIONS_DIR", str(tmp_path / "predictions"))
     (tmp_path / "landing").mkdir()
     return settings()
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """moto's S3 API on a real localhost port (no real S3 server is installable here)."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(url, proc=proc)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@pytest.fixture
+def s3_bucket(s3_server, monkeypatch, request):
+    """A fresh bucket on the S3 endpoint; AWS env points every client (boto3, DVC) at it."""
+    import boto3
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server)
+    monkeypatch.setenv("MLOPS_S3_ENDPOINT", s3_server)
+    name = "mlops-" + request.node.name.lower().replace("_", "-")[:40]
+    boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket=name)
+    return name
