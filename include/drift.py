@@ -174,32 +174,50 @@ def load_policy(dataset: str, policies_dir: Path | None = None) -> DriftPolicy:
 # ----------------------------------------------------------------------------------- sampling
 
 
+def parquet_files(paths: Any) -> list[Path]:
+    """Parquet files of file/dir path(s), sorted; hidden (``.``/``_``) files, e.g. temp files, skipped."""
+    items = [paths] if isinstance(paths, str | Path) else list(paths)
+    out: list[Path] = []
+    for p in map(Path, items):
+        if p.is_dir():
+            out.extend(f for f in sorted(p.rglob("*.parquet"))
+                       if not any(part.startswith((".", "_")) for part in f.relative_to(p).parts))
+        else:
+            out.append(p)
+    return out
+
+
+def _is_paths(data: Any) -> bool:
+    if isinstance(data, str | Path):
+        return True
+    return isinstance(data, list | tuple) and bool(data) and all(isinstance(x, str | Path) for x in data)
+
+
 def _iter_chunks(data: Any, columns: Sequence[str] | None, batch_rows: int) -> Iterator[Any]:
-    """Yield pandas frames or pyarrow record batches of at most ``batch_rows`` rows."""
+    """Yield pandas frames or pyarrow record batches; iterables are consumed lazily."""
     import pandas as pd
 
+    cols = list(columns) if columns is not None else None
     if isinstance(data, pd.DataFrame):
-        frame = data if columns is None else data[list(columns)]
+        frame = data if cols is None else data[cols]
         for start in range(0, len(frame), batch_rows):
             yield frame.iloc[start:start + batch_rows]
         return
-    if isinstance(data, str | Path):
-        data = [data]
-    items = list(data)
-    if items and all(isinstance(x, str | Path) for x in items):
+    if _is_paths(data):
         import pyarrow.parquet as pq
 
-        paths: list[Path] = []
-        for p in map(Path, items):
-            paths.extend(sorted(p.rglob("*.parquet")) if p.is_dir() else [p])
-        for p in paths:
-            pf = pq.ParquetFile(p)
-            yield from pf.iter_batches(batch_size=batch_rows, columns=list(columns) if columns else None)
+        for p in parquet_files(data):
+            yield from pq.ParquetFile(p).iter_batches(batch_size=batch_rows, columns=cols)
         return
-    for chunk in items:
-        if not isinstance(chunk, pd.DataFrame):
-            raise TypeError(f"expected DataFrames, parquet paths or a DataFrame; got {type(chunk).__name__}")
-        yield chunk if columns is None else chunk[list(columns)]
+    for chunk in data:  # DataFrames, pyarrow RecordBatches/Tables (e.g. a filtered dataset scan)
+        if isinstance(chunk, pd.DataFrame):
+            yield chunk if cols is None else chunk[cols]
+        elif hasattr(chunk, "to_batches"):  # pyarrow Table
+            yield from (b if cols is None else b.select(cols) for b in chunk.to_batches(batch_rows))
+        elif hasattr(chunk, "num_rows"):  # pyarrow RecordBatch
+            yield chunk if cols is None else chunk.select(cols)
+        else:
+            raise TypeError(f"expected DataFrames, Arrow batches or parquet paths; got {type(chunk).__name__}")
 
 
 def sample_for_drift(
@@ -212,8 +230,8 @@ def sample_for_drift(
 ) -> pd.DataFrame:
     """A seeded uniform sample (without replacement) of at most ``n`` rows, in the input's order.
 
-    ``data``: a DataFrame, an iterable of DataFrames (chunks), or parquet file/dir path(s). Chunks
-    and parquet row batches are streamed, so memory is bounded by ``2n + batch_rows`` rows whatever
+    ``data``: a DataFrame, an iterable of DataFrames or Arrow record batches (chunks, consumed
+    lazily), or parquet file/dir path(s). Chunks and parquet row batches are streamed, so memory is bounded by ``2n + batch_rows`` rows whatever
     the window size (1M+ rows never sit in memory at once).
 
     Algorithm (bottom-k / priority sampling): every row gets a key ``U(0,1)`` from
@@ -298,14 +316,11 @@ def count_rows(data: Any) -> int:
 
     if isinstance(data, pd.DataFrame):
         return len(data)
+    if not _is_paths(data):
+        raise TypeError(f"count_rows takes a DataFrame or parquet path(s), got {type(data).__name__}")
     import pyarrow.parquet as pq
 
-    items = [data] if isinstance(data, str | Path) else list(data)
-    total = 0
-    for p in map(Path, items):
-        for f in sorted(p.rglob("*.parquet")) if p.is_dir() else [p]:
-            total += pq.ParquetFile(f).metadata.num_rows
-    return total
+    return sum(pq.ParquetFile(f).metadata.num_rows for f in parquet_files(data))
 
 
 # --------------------------------------------------------------------------- statistics
@@ -604,7 +619,8 @@ def join_labels(
 ) -> LabelJoin:
     """Join late ground truth onto logged predictions by ``key`` and score the model on them.
 
-    Duplicates keep the last prediction (by ``ts_col`` when present) and the last label. Metrics
+    Only predictions that carry the key can be joined (``n_predictions`` counts those); duplicates
+    keep the last prediction (by ``ts_col`` when present) and the last label. Metrics
     are :func:`include.training.compute_metrics` (the ones the gate uses: roc_auc, accuracy, f1,
     log_loss; or rmse, mae, r2), empty when no row has a label. ``prediction_col`` holds
     P(positive) for classification, as the serving API logs it.
@@ -621,7 +637,7 @@ def join_labels(
         missing = [c for c in need if c not in frame.columns]
         if missing:
             raise ValueError(f"{name} lacks column(s) {missing}")
-    preds = predictions_df
+    preds = predictions_df[predictions_df[key].notna()]  # clients may not send the key
     if ts_col in preds.columns:
         preds = preds.sort_values(ts_col, kind="mergesort")
     preds = preds.drop_duplicates(subset=[key], keep="last")

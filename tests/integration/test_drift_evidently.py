@@ -195,3 +195,29 @@ def test_reference_for_a_registered_version_comes_from_its_dvc_rev(state, spec):
                         reference_df=ref, current_df=current.assign(prediction=ref["prediction"].mean()),
                         policy=DriftPolicy(), now=NOW, log_mlflow=False, record=False)
     assert s["drifted_features"] == [] and s["decision"]["code"] == "no_drift"
+
+
+@pytest.mark.slow
+def test_window_read_from_the_serving_prediction_log(state, spec, reference):
+    """The contract with include.serving.predlog: read_predictions output goes straight in."""
+    from include.serving.predlog import PredictionLog, read_predictions
+
+    served = make_batch(5, 6_000, seed=21, covariate_drift=1.0)
+    plog = PredictionLog(state.predictions_dir, state.model_name, spec)
+    cols = [spec.key] + [c.name for c in spec.feature_columns]
+    for i in range(0, len(served), 500):  # 12 requests of 500 rows, one hour apart
+        part = served.iloc[i:i + 500]
+        plog.append(f"req-{i}", NOW + dt.timedelta(hours=i // 500), "3", _oracle_scores(part).tolist(),
+                    {c: part[c].tolist() for c in cols})
+    plog.flush()
+    window = read_predictions(state.predictions_dir, state.model_name, since=NOW,
+                              until=NOW + dt.timedelta(days=1), model_version="3")
+    assert len(window) == 6_000
+    labels = served[[spec.key, spec.target]]
+    s = run_drift_check(dataset="sessions", model_name=state.model_name, model_version="3",
+                        reference_df=reference.assign(prediction=_oracle_scores(reference)),
+                        current_df=window, labeled_df=labels, policy=POLICY,
+                        now=NOW + dt.timedelta(days=1), log_mlflow=False, record=False)
+    assert set(s["drifted_features"]) == SHIFTED and s["decision"]["retrain"]
+    assert s["quality"]["n_labeled"] == 6_000 and s["quality"]["metrics"]["roc_auc"] > 0.7
+    assert s["prediction_drift"] is not None

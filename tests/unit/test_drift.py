@@ -286,6 +286,27 @@ def test_chunked_and_parquet_sampling_give_the_same_rows(tmp_path):
     assert list(cols.columns) == ["x"] and cols["x"].equals(whole["x"])
 
 
+def test_sampling_streams_arrow_batches_lazily_and_skips_hidden_files(tmp_path):
+    import pyarrow as pa
+
+    df = _frame(10_000)
+    whole = sample_for_drift(df, 500, seed=9)
+    consumed = []
+
+    def batches():
+        for i in range(0, len(df), 2_500):
+            consumed.append(i)
+            yield pa.RecordBatch.from_pandas(df.iloc[i:i + 2_500], preserve_index=False)
+
+    gen = batches()
+    assert consumed == []  # nothing read before sampling starts
+    pd.testing.assert_frame_equal(sample_for_drift(gen, 500, seed=9), whole)
+    assert consumed == [0, 2_500, 5_000, 7_500]
+    df.to_parquet(tmp_path / "part-0.parquet")
+    df.head(10).to_parquet(tmp_path / ".part-1.parquet.tmp.parquet")  # a writer's temp file
+    pd.testing.assert_frame_equal(sample_for_drift(tmp_path, 500, seed=9), whole)
+
+
 # ---------------------------------------------------------------------------------- labels
 
 
@@ -305,5 +326,7 @@ def test_join_labels_joins_late_truth_and_scores_it():
     assert j.metrics["roc_auc"] == pytest.approx(1.0)
     assert j.metrics["accuracy"] == pytest.approx(0.75)
     assert j.summary()["n_labeled"] == 4
+    anonymous = pd.concat([preds, preds.head(2).assign(session_id=None, request_id="r9")])
+    assert join_labels(anonymous, labels, "session_id").n_predictions == 5  # rows without a key can't join
     with pytest.raises(ValueError, match="target"):
         join_labels(preds, labels.assign(other=1), "session_id")
