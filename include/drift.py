@@ -464,7 +464,7 @@ def _jsonable(x: Any) -> Any:
 
 def _classify(spec: DatasetSpec, reference: pd.DataFrame, current: pd.DataFrame,
               prediction_col: str | None) -> dict[str, str]:
-    """column -> "numeric" | "categorical" for the features (and prediction) present."""
+    """column -> "numeric" | "categorical_numeric" (<= LOW_CARDINALITY values) | "categorical"."""
     import pandas as pd
 
     features = [c.name for c in spec.feature_columns]
@@ -479,15 +479,23 @@ def _classify(spec: DatasetSpec, reference: pd.DataFrame, current: pd.DataFrame,
         log.info("prediction column %r is not in both frames: no prediction drift", prediction_col)
     kinds = {}
     categorical = set(spec.categorical_features)
+    numeric_spec = set(spec.numeric_features)
     for c in cols:
-        numeric = c not in categorical and pd.api.types.is_numeric_dtype(reference[c]) \
-            and pd.api.types.is_numeric_dtype(current[c])
+        # the spec decides (a numeric column logged as strings or all-null objects is still
+        # numeric); the prediction column is numeric when the reference holds numbers
+        numeric = c in numeric_spec or (c not in categorical and pd.api.types.is_numeric_dtype(reference[c]))
         if numeric:
-            distinct = pd.concat([reference[c], current[c]]).dropna().nunique()
-            kinds[c] = "numeric" if distinct > LOW_CARDINALITY else "categorical"
+            both = pd.concat([_as_numeric(reference[c]), _as_numeric(current[c])])
+            kinds[c] = "numeric" if both.dropna().nunique() > LOW_CARDINALITY else "categorical_numeric"
         else:
             kinds[c] = "categorical"
     return kinds
+
+
+def _as_numeric(s: pd.Series) -> pd.Series:
+    import pandas as pd
+
+    return pd.to_numeric(s, errors="coerce").astype(float)
 
 
 def _default_out_dir(dataset: str) -> Path:
@@ -526,18 +534,17 @@ def compute_drift(
     reference = sample_for_drift(reference, policy.sample_size, policy.seed, columns=cols)
     current = sample_for_drift(current, policy.sample_size, policy.seed + 1, columns=cols)
 
-    categorical_spec = set(spec.categorical_features)
     ref, cur = pd.DataFrame(index=reference.index), pd.DataFrame(index=current.index)
-    for c in cols:
-        if c in categorical_spec or not pd.api.types.is_numeric_dtype(reference[c]):
-            ref[c], cur[c] = _as_categorical(reference[c]), _as_categorical(current[c])
-        else:
-            ref[c] = pd.to_numeric(reference[c], errors="coerce").astype(float)
-            cur[c] = pd.to_numeric(current[c], errors="coerce").astype(float)
+    for c, kind in kinds.items():
+        convert = _as_categorical if kind == "categorical" else _as_numeric
+        ref[c], cur[c] = convert(reference[c]), convert(current[c])
 
     results: dict[str, FeatureDrift] = {}
     evaluable = []
-    for c, kind in kinds.items():
+    for c, full_kind in kinds.items():
+        # low-cardinality numerics (flags, small counts) are compared as categories: KS and a
+        # std-normalised distance make little sense on a 0/1 column
+        kind = "numeric" if full_kind == "numeric" else "categorical"
         method = "wasserstein" if kind == "numeric" else "jensenshannon"
         floor = policy.numeric_effect_floor if kind == "numeric" else policy.categorical_effect_floor
         nr, nc = int(ref[c].notna().sum()), int(cur[c].notna().sum())
@@ -554,8 +561,8 @@ def compute_drift(
 
     # Evidently's column type follows the spec; low-cardinality numerics keep the numerical type
     # with the Jensen-Shannon method (as Evidently's own auto-selection does).
-    numeric_cols = [c for c in evaluable if c not in categorical_spec and pd.api.types.is_numeric_dtype(ref[c])]
-    cat_cols = [c for c in evaluable if c not in numeric_cols]
+    numeric_cols = [c for c in evaluable if kinds[c] != "categorical"]
+    cat_cols = [c for c in evaluable if kinds[c] == "categorical"]
     definition = DataDefinition(numerical_columns=numeric_cols, categorical_columns=cat_cols)
     metrics = [ValueDrift(column=c, method=results[c].method, threshold=results[c].effect_floor)
                for c in evaluable]

@@ -77,6 +77,19 @@ def test_no_drift_between_two_days_of_the_same_process(spec, reference, tmp_path
     assert (d.retrain, d.code) == (False, "no_drift")
 
 
+def test_types_follow_the_spec_not_the_logged_dtypes(spec, reference, tmp_path):
+    """A numeric feature that arrives as strings is still compared as numbers; 0/1 as categories."""
+    current = make_batch(1, 8_000, seed=21)
+    current = current.assign(pages_viewed=current["pages_viewed"].astype(str),
+                             device=current["device"].astype("category"))
+    res = compute_drift(reference, current, spec, policy=POLICY, out_dir=tmp_path)
+    kinds = {f.column: (f.kind, f.method, f.test) for f in res.features}
+    assert kinds["pages_viewed"] == ("numeric", "wasserstein", "ks")
+    assert kinds["returning"] == ("categorical", "jensenshannon", "chi2")
+    assert kinds["device"] == ("categorical", "jensenshannon", "chi2")
+    assert res.drifted_features == []
+
+
 @pytest.mark.slow
 def test_covariate_drift_retrains_on_the_shifted_features_and_logs_everything(state, spec, reference):
     from include.tracking import client
