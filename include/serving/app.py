@@ -562,7 +562,9 @@ def _validation_problem(err: ValidationError) -> tuple[int, str, str, list[dict]
     for e in errors[:5]:
         where = _loc(e["loc"])
         msg = e["msg"]
-        if e["type"] == "extra_forbidden":
+        if e["type"] == "extra_forbidden" and len(e["loc"]) == 1:
+            msg = 'unknown field; the body is {"instances": [row, ...]} or {"instance": row}'
+        elif e["type"] == "extra_forbidden":
             msg = "unknown field (not in the dataset spec's features)"
         elif e["type"] == "missing":
             msg = "required field is missing"
@@ -742,7 +744,13 @@ def create_app(
             rows = payload.rows()
             columns = server.schema.columns_of(rows)
             received = datetime.now(UTC)
-            version, scores = await server.predict(columns, len(rows))
+            try:
+                version, scores = await server.predict(columns, len(rows))
+            except LoadError as err:
+                return problem(request, 503, "not_ready", str(err), headers={"Retry-After": "1"})
+            except Exception as err:  # the model itself failed on valid input: a server-side error
+                log.exception("model call failed for request %s", request.scope["state"]["request_id"])
+                return problem(request, 500, "model_error", f"the model failed on this input ({type(err).__name__})")
             request.scope["state"]["model_version"] = version
             preds = scores.tolist()
             rid = request.scope["state"]["request_id"]
