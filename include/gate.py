@@ -528,8 +528,16 @@ def evaluate_and_decide(model_name: str, version: str | int, *, dataset: str, tr
 
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="gate-") as tmp:
-        local = with_retry(mlflow.artifacts.download_artifacts, run_id=mv.run_id,
-                           artifact_path=HOLDOUT_ARTIFACT, dst_path=tmp)
+        try:
+            local = with_retry(mlflow.artifacts.download_artifacts, run_id=mv.run_id,
+                               artifact_path=HOLDOUT_ARTIFACT, dst_path=tmp)
+        except (MlflowException, OSError) as err:
+            from include.tracking import is_unreachable
+
+            if is_unreachable(err):
+                raise
+            raise ValueError(f"{model_name} v{version} (run {mv.run_id}) has no {HOLDOUT_ARTIFACT}: only versions "
+                             f"trained by include.training.train_and_register can be gated ({err})") from err
         holdout = pd.read_parquet(local)
     with compute_threads():
         challenger = load_model(model_name, version)

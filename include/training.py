@@ -105,6 +105,8 @@ METRICS = {"classification": ("roc_auc", "accuracy", "f1", "log_loss"), "regress
 
 MIN_ROWS = 50
 LINEAGE_KEYS = ("data_rev", "data_md5", "validation_id", "dataset", "dag_run_id")
+# The `dataset` Asset's extra says {dvc_rev, md5}: accepted for {data_rev, data_md5}.
+LINEAGE_ALIASES = {"data_rev": "dvc_rev", "data_md5": "md5"}
 MODEL_ARTIFACT = "model"
 HOLDOUT_ARTIFACT = "holdout/holdout.parquet"
 MISSING = "__missing__"
@@ -606,8 +608,9 @@ def train_and_register(
 ) -> dict:
     """Fit, log to one MLflow run and register one model version; idempotent per ``run_key``.
 
-    ``lineage``: {data_rev, data_md5, validation_id, dataset, dag_run_id} (missing keys are
-    recorded as "unknown"); the code git sha is added here. Returns
+    ``lineage``: {data_rev, data_md5, validation_id, dataset, dag_run_id} (the ``dataset`` Asset's
+    extra with ``dvc_rev``/``md5`` works too; missing keys are recorded as "unknown"); the code git
+    sha is added here. Returns
     ``{model, version, run_id, metrics, holdout_uri, reused}``; ``reused`` is True when a READY
     version with this ``run_key`` already existed and nothing was trained.
     Raises :class:`TrainingInputError` (before anything is logged) when the inputs are unusable.
@@ -630,7 +633,7 @@ def train_and_register(
         return existing
 
     with compute_threads():  # small data: oversubscribed OpenMP is far slower than 1 thread
-        lin = {k: str(lineage.get(k) or "unknown") for k in LINEAGE_KEYS}
+        lin = {k: str(lineage.get(k) or lineage.get(LINEAGE_ALIASES.get(k, k)) or "unknown") for k in LINEAGE_KEYS}
         if lin["dataset"] == "unknown":
             lin["dataset"] = spec.name
         sha = code_sha()
@@ -700,7 +703,7 @@ def train_and_register(
                     pip_requirements=_pip_requirements(),
                 )
                 # Registered with its lineage tags in one call: a version never exists without run_key.
-                mv = with_retry(mlflow.register_model, info.model_uri, name, tags=_str_tags(version_tags))
+                mv = _register(info.model_uri, name, _str_tags(version_tags), run_key)
                 mlflow.set_tag("registered_version", str(mv.version))
             except BaseException:
                 _cleanup_failed(name, run_key, mv)
@@ -715,6 +718,29 @@ def train_and_register(
             "holdout_uri": f"runs:/{run_id}/{HOLDOUT_ARTIFACT}",
             "reused": False,
         }
+
+
+def _register(model_uri: str, name: str, tags: dict[str, str], run_key: str, attempts: int = 4):
+    """Register once. After an unreachable-store error, look the version up by ``run_key`` before
+    trying again: the request may have been applied even though the answer was lost."""
+    from include.tracking import is_unreachable
+
+    for attempt in range(1, attempts + 1):
+        try:
+            return mlflow.register_model(model_uri, name, tags=tags)
+        except Exception as exc:
+            if attempt == attempts or not is_unreachable(exc):
+                raise
+            time.sleep(min(10.0, 2.0 ** (attempt - 1)))
+            try:
+                found = [v for v in _versions_with_key(name, run_key) if v.run_id]
+            except Exception as lookup_exc:
+                if not is_unreachable(lookup_exc):
+                    raise
+                found = []
+            if found:
+                return found[0]
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _cleanup_failed(name: str, run_key: str, mv) -> None:

@@ -108,3 +108,19 @@ def _download(run_id: str, path: str) -> str:
     import mlflow
 
     return mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path)
+
+
+def test_gate_refuses_a_version_without_holdout(state):
+    import mlflow
+    from sklearn.linear_model import LogisticRegression
+
+    from include.tracking import configure_mlflow
+
+    exp = configure_mlflow()
+    X = pd.DataFrame({"a": [1.0, 2.0, 3.0, 4.0]})
+    with mlflow.start_run(experiment_id=exp):
+        info = mlflow.sklearn.log_model(LogisticRegression().fit(X, [0, 1, 0, 1]), name="model")
+    mv = mlflow.register_model(info.model_uri, state.model_name)
+    with pytest.raises(ValueError, match="has no holdout/holdout.parquet"):
+        evaluate_and_decide(state.model_name, mv.version, dataset="sessions")
+    assert read_audit(state.reports_dir / "audit.jsonl") == []

@@ -52,6 +52,11 @@ def _client():
     return client(), exp
 
 
+def c_exp_location(state):
+    c, exp = _client()
+    return c.get_experiment(exp).artifact_location
+
+
 def _versions(name):
     c, _ = _client()
     return c.search_model_versions(f"name='{name}'")
@@ -72,6 +77,7 @@ def test_train_and_register_logs_everything_with_lineage(state, spec, batch):
     c, exp = _client()
     assert res["model"] == state.model_name and res["version"] == "1" and not res["reused"]
     assert res["holdout_uri"] == f"runs:/{res['run_id']}/holdout/holdout.parquet"
+    assert c_exp_location(state) == state.mlflow_artifact_root + "/mlops-loop"
 
     run = c.get_run(res["run_id"])
     p = run.data.params
@@ -195,10 +201,14 @@ def test_orphan_run_without_version_is_replaced(state, spec, batch):
     _, exp = _client()
     with mlflow.start_run(experiment_id=exp, tags={"run_key": "rk-orphan"}) as orphan:
         pass
-    res = train_and_register(batch, spec, lineage=LINEAGE, family="logreg", run_key="rk-orphan")
+    # lineage straight from the `dataset` Asset extra ({dvc_rev, md5, ...}) works too
+    asset_extra = {"dataset": "sessions", "dvc_rev": "feedbeef", "md5": "md5-x", "rows": 2000,
+                   "validation_id": "val-9", "dag_run_id": "asset_triggered__x"}
+    res = train_and_register(batch, spec, lineage=asset_extra, family="logreg", run_key="rk-orphan")
     assert res["run_id"] != orphan.info.run_id
     assert [r.info.run_id for r in _live_runs(exp)] == [res["run_id"]]
-    assert len(_versions(state.model_name)) == 1
+    (mv,) = _versions(state.model_name)
+    assert (mv.tags["data_rev"], mv.tags["data_md5"], mv.tags["validation_id"]) == ("feedbeef", "md5-x", "val-9")
 
 
 # ------------------------------------------------------------------------------------ bad inputs

@@ -202,3 +202,43 @@ def test_run_key_depends_on_what_determines_the_model():
     assert a != make_run_key("sessions", "abc", family="hgb", params={"max_iter": 11}, seed=1)
     assert a != make_run_key("sessions", "abc", family="hgb", params={"max_iter": 10}, seed=2)
     assert "'" not in a
+
+
+# ------------------------------------------------------------------------------------------ retries
+
+
+def test_with_retry_retries_only_unreachable_errors():
+    import requests
+    from mlflow.exceptions import MlflowException
+
+    from include.tracking import is_unreachable, with_retry
+
+    calls = []
+
+    def flaky():
+        calls.append(1)
+        if len(calls) < 3:
+            raise requests.exceptions.ConnectionError("Connection refused")
+        return "ok"
+
+    assert with_retry(flaky, base_delay=0) == "ok" and len(calls) == 3
+
+    def bad_request():
+        calls.append(1)
+        raise MlflowException("RESOURCE_DOES_NOT_EXIST: no such model", error_code="RESOURCE_DOES_NOT_EXIST")
+
+    calls.clear()
+    with pytest.raises(MlflowException):
+        with_retry(bad_request, base_delay=0)
+    assert len(calls) == 1
+
+    def down():
+        calls.append(1)
+        raise MlflowException("API request to http://x/api failed with exception Max retries exceeded")
+
+    calls.clear()
+    with pytest.raises(MlflowException):
+        with_retry(down, attempts=3, base_delay=0)
+    assert len(calls) == 3
+    assert is_unreachable(MlflowException("(sqlite3.OperationalError) database is locked"))
+    assert not is_unreachable(ValueError("bad input"))
