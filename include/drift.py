@@ -821,24 +821,36 @@ def record_trigger(
     A retried task with the same ``run_key`` gets the entry written by the first attempt back
     and nothing is appended. Appends are serialised with a file lock (several checks may run).
     """
+    path = Path(path or triggers_path())
+    with _trigger_lock(path):
+        return _append_entry(path, decision, model_name=model_name, model_version=model_version,
+                             dataset=dataset, run_key=run_key, summary=summary)
+
+
+def _trigger_lock(path: Path):
+    """The lock that serialises decide + record on one trigger log (read-decide-append is atomic)."""
     from filelock import FileLock
 
-    path = Path(path or triggers_path())
     path.parent.mkdir(parents=True, exist_ok=True)
-    entry = {
+    return FileLock(str(path) + ".lock", timeout=600)
+
+
+def _append_entry(path: Path, decision: Decision, *, model_name: str, model_version: str | int, dataset: str,
+                  run_key: str | None, summary: dict | None) -> dict:
+    if run_key:
+        for old in load_trigger_history(path=path):
+            if old.get("run_key") == run_key and old.get("model_name") == model_name:
+                return old
+    entry = _jsonable({
         "at": decision.at, "dataset": dataset, "model_name": model_name, "model_version": str(model_version),
         "run_key": run_key, "retrain": decision.retrain, "code": decision.code, "reason": decision.reason,
         "drift_detected": decision.drift_detected, "drifted_features": list(decision.drifted_features),
         "summary": summary,
-    }
-    with FileLock(str(path) + ".lock", timeout=60):
-        if run_key:
-            for old in load_trigger_history(path=path):
-                if old.get("run_key") == run_key and old.get("model_name") == model_name:
-                    return old
-        with path.open("a", encoding="utf-8") as fh:
-            fh.write(json.dumps(_jsonable(entry), sort_keys=True) + "\n")
-    return _jsonable(entry)
+    })
+    with path.open("a", encoding="utf-8") as fh:
+        fh.write(json.dumps(entry, sort_keys=True) + "\n")
+        fh.flush()
+    return entry
 
 
 # ------------------------------------------------------------------------------- MLflow
@@ -977,13 +989,12 @@ def run_drift_check(
     now = _utc(now)
     spec = spec or load_spec(dataset)
     policy = policy or DriftPolicy.load(dataset)
-    history = load_trigger_history(model_name=model_name, path=triggers_file)
-    if run_key:
-        for entry in history:
-            if entry.get("run_key") == run_key and entry.get("summary"):
-                log.info("drift check %s already decided (%s): returning the recorded summary",
-                         run_key, entry.get("code"))
-                return {**entry["summary"], "replayed": True}
+    if run_key and not re.fullmatch(r"[A-Za-z0-9_.:+@/ -]+", run_key):
+        raise ValueError(f"run_key {run_key!r} may only hold letters, digits and _.:+@/- (it goes into "
+                         "an MLflow filter and a directory name)")
+    replay = _replayed(load_trigger_history(model_name=model_name, path=triggers_file), run_key)
+    if replay is not None:  # a retry: nothing is computed, logged or recorded again
+        return replay
 
     n_ref_total, n_cur_total = count_rows(reference_df), count_rows(current_df)
     out_dir = (settings().reports_dir / "drift" / dataset / f"{_safe_dir_name(model_name)}-v{model_version}"
@@ -1001,34 +1012,53 @@ def run_drift_check(
                 and prediction_col and prediction_col in current_df.columns:
             result.quality = join_labels(current_df, labeled_df, spec.key, target=spec.target,
                                          prediction_col=prediction_col, task=spec.task).summary()
-    decision = decide_retrain(result, policy, history, now=now, model_name=model_name,
-                              last_retrain_at=last_retrain_at)
-    run_id = None
-    report_uri = Path(result.report_html).resolve().as_uri() if result.report_html else None
-    if log_mlflow and result.computed:
-        run_id = log_to_mlflow(result, model_name, model_version, decision=decision, run_key=run_key)
-        if result.report_html:
-            report_uri = f"runs:/{run_id}/drift_report/drift_report.html"
-    summary = _jsonable({
-        "dataset": dataset, "model_name": model_name, "model_version": str(model_version),
-        "run_key": run_key, "at": now.isoformat(),
-        "n_reference": result.n_reference, "n_current": result.n_current,
-        "n_reference_total": n_ref_total, "n_current_total": n_cur_total,
-        "share_drifted": result.share_drifted, "drifted_features": result.drifted_features,
-        "prediction_drift": ({"score": result.prediction.score, "drifted": result.prediction.drifted}
-                             if result.prediction else None),
-        "quality": result.quality,
-        "decision": decision.to_dict(),
-        "report_path": result.report_html, "report_uri": report_uri, "mlflow_run_id": run_id,
-        "train_conf": ({"reason": "drift", "drifted_features": decision.drifted_features,
-                        "report_uri": report_uri, "monitoring_run_id": run_id,
-                        "model_version": str(model_version)} if decision.retrain else None),
-    })
-    if record:
-        record_trigger(decision, model_name=model_name, model_version=model_version, dataset=dataset,
-                       run_key=run_key, summary=summary, path=triggers_file)
+    path = Path(triggers_file or triggers_path())
+    # Decide and record atomically: two checks running at once must not both see "no recent
+    # trigger" and both retrain. The expensive part (sampling, Evidently) ran above, unlocked.
+    with _trigger_lock(path):
+        history = load_trigger_history(model_name=model_name, path=path)
+        replay = _replayed(history, run_key)
+        if replay is not None:
+            return replay
+        decision = decide_retrain(result, policy, history, now=now, model_name=model_name,
+                                  last_retrain_at=last_retrain_at)
+        run_id = None
+        report_uri = Path(result.report_html).resolve().as_uri() if result.report_html else None
+        if log_mlflow and result.computed:
+            run_id = log_to_mlflow(result, model_name, model_version, decision=decision, run_key=run_key)
+            if result.report_html:
+                report_uri = f"runs:/{run_id}/drift_report/drift_report.html"
+        summary = _jsonable({
+            "dataset": dataset, "model_name": model_name, "model_version": str(model_version),
+            "run_key": run_key, "at": now.isoformat(),
+            "n_reference": result.n_reference, "n_current": result.n_current,
+            "n_reference_total": n_ref_total, "n_current_total": n_cur_total,
+            "share_drifted": result.share_drifted, "drifted_features": result.drifted_features,
+            "prediction_drift": ({"score": result.prediction.score, "drifted": result.prediction.drifted}
+                                 if result.prediction else None),
+            "quality": result.quality,
+            "decision": decision.to_dict(),
+            "report_path": result.report_html, "report_uri": report_uri, "mlflow_run_id": run_id,
+            "train_conf": ({"reason": "drift", "drifted_features": decision.drifted_features,
+                            "report_uri": report_uri, "monitoring_run_id": run_id,
+                            "model_version": str(model_version)} if decision.retrain else None),
+        })
+        if record:
+            _append_entry(path, decision, model_name=model_name, model_version=model_version,
+                          dataset=dataset, run_key=run_key, summary=summary)
     log.info("drift check %s v%s: %s", model_name, model_version, decision.reason)
     return summary
+
+
+def _replayed(history: list[dict], run_key: str | None) -> dict | None:
+    if not run_key:
+        return None
+    for entry in history:
+        if entry.get("run_key") == run_key and entry.get("summary"):
+            log.info("drift check %s already decided (%s): returning the recorded summary",
+                     run_key, entry.get("code"))
+            return {**entry["summary"], "replayed": True}
+    return None
 
 
 def _is_frame(x: Any) -> bool:

@@ -171,6 +171,23 @@ def test_parquet_window_is_streamed_and_small_windows_are_not_judged(state, spec
 
 
 @pytest.mark.slow
+def test_concurrent_checks_cannot_both_retrain(state, spec, reference):
+    """Two checks racing (e.g. a manual run next to the scheduled one): one retrains, one cools down."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    current = make_batch(5, 4_000, seed=21, covariate_drift=1.0)
+
+    def check(key):
+        return run_drift_check(dataset="sessions", model_name="m", model_version=1, reference_df=reference,
+                               current_df=current, policy=POLICY, now=NOW, log_mlflow=False, run_key=key)
+
+    with ThreadPoolExecutor(2) as pool:
+        codes = sorted(s["decision"]["code"] for s in pool.map(check, ["manual__a", "scheduled__b"]))
+    assert codes == ["cooldown", "drift"]
+    assert sorted(h["code"] for h in load_trigger_history(model_name="m")) == ["cooldown", "drift"]
+
+
+@pytest.mark.slow
 def test_concept_drift_is_caught_by_late_labels_not_by_the_inputs(state, spec, reference):
     current = make_batch(9, 8_000, seed=21, concept_drift=1.0)
     current = current.assign(prediction=_oracle_scores(current))
