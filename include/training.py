@@ -696,7 +696,8 @@ def train_and_register(
                         mlflow.log_artifact(str(tmp_path / "candidates.json"), "search")
 
                 example = train[cols].head(5)
-                signature = infer_signature(train[cols].head(500), predict_scores(model, train.head(500), spec))
+                # the signature describes the pyfunc flavor (predict -> labels); scores: predict_scores()
+                signature = infer_signature(train[cols].head(500), model.predict(train[cols].head(500)))
                 info = mlflow.sklearn.log_model(
                     model, name=MODEL_ARTIFACT, signature=signature, input_example=example,
                     skops_trusted_types=SKOPS_TRUSTED_TYPES,
