@@ -21,9 +21,13 @@ elapsed() { awk -v a="$1" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }'
 
 # 1. Wheelhouse on the host. The base images are Debian bookworm with CPython 3.11, so the host's
 #    cp311 manylinux wheels fit. pip keeps wheels already in the directory.
+#    When the wheelhouse already holds everything, the offline resolve (--no-index) is enough.
 mkdir -p build/wheels
-"$PYTHON" -m pip wheel -q --disable-pip-version-check -r include/serving/requirements.txt \
-    -c constraints.txt -w build/wheels 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
+if ! "$PYTHON" -m pip wheel -q --disable-pip-version-check --no-index --find-links build/wheels \
+        -r include/serving/requirements.txt -c constraints.txt -w build/wheels >/dev/null 2>&1; then
+    "$PYTHON" -m pip wheel -q --disable-pip-version-check -r include/serving/requirements.txt \
+        -c constraints.txt -w build/wheels 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
+fi
 echo "wheelhouse ready in $(elapsed "$t0")s ($(find build/wheels -name '*.whl' | wc -l) wheels)" >&2
 
 # 2. A minimal build context: Dockerfile, requirements, wheels (hard links), the include package.
