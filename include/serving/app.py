@@ -460,7 +460,13 @@ class ModelServer:
                     break
                 jobs.append(nxt)
                 n += nxt.n
-            await self._run_batch(jobs, n)
+            try:
+                await self._run_batch(jobs, n)
+            except Exception as err:  # never leave a request waiting, never let the worker die
+                log.exception("batch of %d requests failed", len(jobs))
+                for j in jobs:
+                    if not j.future.done():
+                        j.future.set_exception(err)
 
     async def _run_batch(self, jobs: list[_Job], n: int) -> None:
         state = self.state

@@ -573,6 +573,10 @@ def test_request_schema_is_derived_from_any_spec(tmp_path):
                                                     "kind": "villa", "area m2": 80.5}]})
         assert r.status_code == 200 and r.json()["predictions"] == [4.0]
         assert c.get("/info").json()["golden_scores"]
+        assert c.get("/openapi.json").status_code == 200
+    logged = read_predictions(tmp_path, "fake")
+    assert logged["listed at"].tolist() == [pd.Timestamp("2026-01-01T00:00:00Z")]
+    assert logged["house id"].isna().all() and logged["rooms"].tolist() == [4]
 
 
 def test_versions_must_be_registry_numbers(spec, tmp_path, monkeypatch):
