@@ -671,7 +671,7 @@ class Decision:
     retrain: bool
     reason: str  # human-readable, starts with the code
     drifted_features: list[str]
-    code: str  # insufficient_sample | no_drift | drift | cooldown | daily_cap
+    code: str  # insufficient_sample | no_drift | drift | quality (labels only) | cooldown | daily_cap
     drift_detected: bool = False  # True also when the retrain was suppressed by cooldown/cap
     judged: bool = True
     at: str = ""
@@ -740,6 +740,7 @@ def decide_retrain(
         triggers.append(f"critical feature(s) drifted: {', '.join(critical)}")
     if policy.prediction_drift_triggers and result.prediction is not None and result.prediction.drifted:
         triggers.append(f"prediction drift (score {result.prediction.score:.3f})")
+    drifted_trigger = bool(triggers)  # inputs or predictions moved (vs. only the label quality)
     quality = (result.quality or {})
     if quality.get("n_labeled", 0) >= policy.min_labeled:
         qm = quality.get("metrics") or {}
@@ -776,8 +777,9 @@ def decide_retrain(
                         at=at, details=details,
                         reason=(f"daily_cap: {why}; but {len(day)} retrains were triggered in the last 24 h "
                                 f"(max {policy.max_retrains_per_day})"))
-    return Decision(retrain=True, code="drift", drift_detected=True, drifted_features=drifted, at=at,
-                    details=details, reason=f"drift: {why}")
+    code = "drift" if drifted_trigger else "quality"
+    return Decision(retrain=True, code=code, drift_detected=True, drifted_features=drifted, at=at,
+                    details=details, reason=f"{code}: {why}")
 
 
 # --------------------------------------------------------------------------- trigger log
@@ -884,6 +886,8 @@ def log_to_mlflow(
     experiment_id = configure_mlflow(MONITORING_EXPERIMENT)
     c = client()
     version = str(model_version)
+    if run_key and "'" in run_key:
+        raise ValueError(f"run_key {run_key!r} must not contain quotes")
     if run_key:
         found = with_retry(c.search_runs, [experiment_id],
                            filter_string=f"tags.`drift.run_key` = '{run_key}' and attributes.status = 'FINISHED'",
@@ -1039,7 +1043,8 @@ def run_drift_check(
             "quality": result.quality,
             "decision": decision.to_dict(),
             "report_path": result.report_html, "report_uri": report_uri, "mlflow_run_id": run_id,
-            "train_conf": ({"reason": "drift", "drifted_features": decision.drifted_features,
+            "train_conf": ({"reason": "drift", "trigger": decision.code,
+                            "drifted_features": decision.drifted_features,
                             "report_uri": report_uri, "monitoring_run_id": run_id,
                             "model_version": str(model_version)} if decision.retrain else None),
         })

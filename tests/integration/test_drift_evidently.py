@@ -199,7 +199,8 @@ def test_concept_drift_is_caught_by_late_labels_not_by_the_inputs(state, spec, r
                         prediction_col="prediction")
     assert s["drifted_features"] == []
     assert s["quality"]["n_labeled"] == 8_000 and s["quality"]["metrics"]["roc_auc"] < 0.65
-    assert s["decision"]["retrain"] and "roc_auc" in s["decision"]["reason"]
+    assert s["decision"]["retrain"] and s["decision"]["code"] == "quality" and "roc_auc" in s["decision"]["reason"]
+    assert s["train_conf"]["reason"] == "drift" and s["train_conf"]["trigger"] == "quality"
 
 
 @pytest.mark.slow

@@ -183,7 +183,8 @@ def test_quality_floor_needs_enough_labels():
     policy = DriftPolicy(quality_floor={"roc_auc": 0.65}, quality_ceiling={"log_loss": 0.5}, min_labeled=1000)
     bad = {"n_labeled": 1500, "metrics": {"roc_auc": 0.6, "log_loss": 0.4}}
     d = decide_retrain(result(quality=bad), policy, [], now=NOW)
-    assert d.retrain and "roc_auc 0.6000 < floor 0.65" in d.reason and d.drifted_features == []
+    assert d.retrain and d.code == "quality" and "roc_auc 0.6000 < floor 0.65" in d.reason
+    assert d.drifted_features == []
     few = {"n_labeled": 999, "metrics": {"roc_auc": 0.5}}
     assert decide_retrain(result(quality=few), policy, [], now=NOW).code == "no_drift"
     lossy = {"n_labeled": 1500, "metrics": {"roc_auc": 0.7, "log_loss": 0.6}}
