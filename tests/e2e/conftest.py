@@ -32,9 +32,11 @@ class LiveAirflow:
     mode: str = "embedded"
 
     def client(self) -> httpx.Client:
-        r = httpx.post(f"{self.url}/auth/token", json={"username": self.username, "password": self.password})
+        r = httpx.post(f"{self.url}/auth/token", json={"username": self.username, "password": self.password},
+                       timeout=60)
         r.raise_for_status()
-        return httpx.Client(base_url=self.url, timeout=30,
+        # generous timeouts: on 2 cores the API server shares the CPU with running tasks
+        return httpx.Client(base_url=self.url, timeout=60,
                             headers={"Authorization": f"Bearer {r.json()['access_token']}"})
 
     def trigger(self, dag_id: str, conf: dict | None = None) -> str:
