@@ -9,7 +9,8 @@ then serves that one registered version twice, one server at a time, each with o
 * mlflow: mlflow models serve -m models:/NAME/VERSION --env-manager local --workers 1
 
 and drives each with the same closed-loop load: ``--concurrency`` keep-alive connections, each sending
-single-row JSON requests back to back for ``--seconds`` (after a warm-up). The load generator is a
+single-row JSON requests back to back, ``--seconds`` per server in total (after a warm-up), split in
+``--rounds`` alternating rounds so that background load on the machine hits both servers alike. The load generator is a
 minimal HTTP/1.1 client on asyncio streams (so it costs far less CPU than the servers); every
 response is checked for status 200. Prints requests/s, p50/p90/p99 latency and the ratios.
 Not a pass/fail test: figures depend on the machine (nproc matters: the client shares it).
@@ -24,16 +25,12 @@ import os
 import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
 from pathlib import Path
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT)) if str(ROOT) not in sys.path else None
 
 
 def free_port() -> int:
@@ -96,17 +93,15 @@ async def _drive(host, port, request, seconds, concurrency, record):
 
 
 def load(port: int, path: str, body: bytes, *, seconds: float, concurrency: int, warmup: float) -> dict:
+    """Closed-loop load: ``concurrency`` connections posting ``body`` back to back for ``seconds``."""
     request = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
                f"Content-Length: {len(body)}\r\n\r\n").encode() + body
-    asyncio.run(_drive("127.0.0.1", port, request, warmup, concurrency, False))
+    if warmup:
+        asyncio.run(_drive("127.0.0.1", port, request, warmup, concurrency, False))
+    if not seconds:
+        return {}
     lat, errors, wall = asyncio.run(_drive("127.0.0.1", port, request, seconds, concurrency, True))
-    lat.sort()
-
-    def pct(p):
-        return lat[min(len(lat) - 1, int(p / 100 * len(lat)))] * 1000
-
-    return {"requests": len(lat), "errors": len(errors), "rps": len(lat) / wall,
-            "p50_ms": pct(50), "p90_ms": pct(90), "p99_ms": pct(99), "mean_ms": statistics.fmean(lat) * 1000}
+    return {"latencies": lat, "errors": len(errors), "wall": wall}
 
 
 # ---------------------------------------------------------------------------------------- servers
@@ -133,6 +128,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=float, default=3.0)
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--rows", type=int, default=1, help="rows per request")
+    ap.add_argument("--rounds", type=int, default=4, help="alternate between the servers this many times")
     ap.add_argument("--only", choices=["ours", "mlflow"])
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (logs, MLflow store, prediction log)")
     args = ap.parse_args()
@@ -173,28 +169,50 @@ def main() -> None:
                     "--env-manager", "local", "-h", "127.0.0.1", "-p", "{port}", "--workers", "1"],
                    "/ping", "/invocations", mlflow_body),
     }
-    results = {}
-    for label, (cmd, ready_path, path, body) in servers.items():
-        if args.only and label != args.only:
-            continue
-        port = free_port()
-        proc = start([c.replace("{port}", str(port)) for c in cmd], {**env, "PATH": f"{bin_dir}:{env['PATH']}"},
-                     tmp / f"{label}.log")
-        try:
-            startup = wait_ready(f"http://127.0.0.1:{port}{ready_path}", proc)
-            r = load(port, path, body, seconds=args.seconds, concurrency=args.concurrency, warmup=args.warmup)
-        finally:
+    labels = [label for label in servers if not args.only or label == args.only]
+    procs, ports, results = {}, {}, {}
+    try:
+        for label in labels:
+            cmd, ready_path, _path, _body = servers[label]
+            ports[label] = port = free_port()
+            procs[label] = start([c.replace("{port}", str(port)) for c in cmd],
+                                 {**env, "PATH": f"{bin_dir}:{env['PATH']}"}, tmp / f"{label}.log")
+            startup = wait_ready(f"http://127.0.0.1:{port}{ready_path}", procs[label])
+            print(f"{label:>6}: ready after {startup:.1f}s")
+        # Both servers run; the load alternates between them in short rounds, so a change in the
+        # machine's background load hits both alike (the idle one costs next to nothing).
+        lat: dict[str, list[float]] = {label: [] for label in labels}
+        errs = dict.fromkeys(labels, 0)
+        wall = dict.fromkeys(labels, 0.0)
+        for label in labels:
+            load(ports[label], servers[label][2], servers[label][3], seconds=0, concurrency=args.concurrency,
+                 warmup=args.warmup)
+        for _ in range(args.rounds):
+            for label in labels:
+                r = load(ports[label], servers[label][2], servers[label][3], seconds=args.seconds / args.rounds,
+                         concurrency=args.concurrency, warmup=0)
+                lat[label] += r.pop("latencies")
+                errs[label] += r["errors"]
+                wall[label] += r["wall"]
+    finally:
+        for proc in procs.values():
             stop(proc)
-        r["startup_s"] = startup
-        results[label] = r
+    for label in labels:
+        xs = sorted(lat[label])
+
+        def pct(p, xs=xs):
+            return xs[min(len(xs) - 1, int(p / 100 * len(xs)))] * 1000
+
+        r = results[label] = {"requests": len(xs), "errors": errs[label], "rps": len(xs) / wall[label],
+                              "p50_ms": pct(50), "p90_ms": pct(90), "p99_ms": pct(99)}
         print(f"{label:>6}: {r['rps']:8.1f} req/s  p50 {r['p50_ms']:7.2f} ms  p90 {r['p90_ms']:7.2f} ms  "
-              f"p99 {r['p99_ms']:7.2f} ms  ({r['requests']} requests, {r['errors']} non-200, "
-              f"ready after {startup:.1f}s)")
+              f"p99 {r['p99_ms']:7.2f} ms  ({r['requests']} requests, {r['errors']} non-200)")
     if len(results) == 2:
         o, m = results["ours"], results["mlflow"]
         print(f"ratio ours/mlflow: throughput {o['rps'] / m['rps']:.1f}x (goal >= 5x), "
               f"p99 {o['p99_ms'] / m['p99_ms']:.2f}x (goal <= 0.3x), p50 {o['p50_ms'] / m['p50_ms']:.2f}x")
-    print(f"concurrency {args.concurrency}, {args.rows} row(s)/request, {args.seconds:.0f}s per server, "
+    print(f"concurrency {args.concurrency}, {args.rows} row(s)/request, {args.seconds:.0f}s per server in "
+          f"{args.rounds} alternating rounds, "
           f"1 worker each, {os.cpu_count()} CPUs shared with the load generator")
     if args.keep:
         print(f"kept {tmp}")
