@@ -598,6 +598,29 @@ def test_preflight_accepts_generated_secrets(raw, env_example):
     assert result.returncode != 0 and "REDIS_PASSWORD must be URL-safe" in result.stderr
 
 
+def shell_scripts(resolved_services) -> dict[str, str]:
+    """The inline scripts of the services: `[sh|bash] -c SCRIPT` across entrypoint + command."""
+    scripts = {}
+    for name, svc in resolved_services.items():
+        words = argv(svc.get("entrypoint")) + argv(svc.get("command"))
+        for i, word in enumerate(words[:-1]):
+            if word.lstrip("-").endswith("c") and word.startswith("-") and i > 0 and \
+                    Path(words[0]).name in ("sh", "bash"):
+                scripts[name] = words[i + 1]
+                break
+    return scripts
+
+
+def test_inline_scripts_parse(resolved):
+    scripts = shell_scripts(resolved)
+    assert {"preflight", "airflow-init", "mlflow-db-init", "minio-init", "redis"} <= set(scripts), sorted(scripts)
+    for name, script in scripts.items():
+        result = subprocess.run(["bash", "-n", "-c", script], capture_output=True, text=True)
+        assert result.returncode == 0, f"{name}: {result.stderr}"
+        for heredoc in re.findall(r"<<'PY'\n(.*?)\nPY\n", script, re.S):
+            compile(heredoc, f"{name} heredoc", "exec")
+
+
 def test_init_writes_the_simple_auth_password_file(services):
     init = services["airflow-init"]
     env = environment(init)
