@@ -53,6 +53,7 @@ class Settings:
     s3_endpoint: str | None
     docker_host: str | None
     deploy_backend: str
+    serving_base_image: str
     max_batch_bytes: int
     max_batch_rows: int
     lock_timeout_s: int
@@ -92,6 +93,7 @@ def settings() -> Settings:
         s3_endpoint=os.environ.get("MLOPS_S3_ENDPOINT") or os.environ.get("AWS_ENDPOINT_URL") or None,
         docker_host=os.environ.get("DOCKER_HOST") or None,
         deploy_backend=_env("MLOPS_DEPLOY_BACKEND", "auto"),
+        serving_base_image=_env("MLOPS_SERVING_BASE_IMAGE", "python:3.11-slim"),
         max_batch_bytes=_env_int("MLOPS_MAX_BATCH_BYTES", 512 * 1024 * 1024),
         max_batch_rows=_env_int("MLOPS_MAX_BATCH_ROWS", 5_000_000),
         lock_timeout_s=_env_int("MLOPS_LOCK_TIMEOUT_S", 600),

@@ -166,20 +166,20 @@ class DockerBackend:
         return self._api
 
     def build(self, model: str, version: str) -> str:
-        """Build the serving image once per code version; tag it for the model version."""
-        from include.training import code_sha
-
-        code_tag = f"{SERVING_IMAGE}:code-{code_sha()[:12]}"
-        if not self.api.images(name=code_tag):
-            proc = subprocess.run(
-                [str(PROJECT_ROOT / "tools" / "build_serving_image.sh"), code_tag],
-                capture_output=True, text=True, cwd=PROJECT_ROOT,
-            )
-            if proc.returncode != 0:
-                raise DeployError(f"building the serving image failed:\n{(proc.stdout + proc.stderr)[-3000:]}")
-        tag = f"v{version}"
-        self.api.tag(code_tag, f"{SERVING_IMAGE}-{model}", tag=tag)
-        return f"{SERVING_IMAGE}-{model}:{tag}"
+        """Build (or reuse: the tag is a content hash, the layers are cached) the serving image and
+        tag it for the model version, so `docker images` shows what each version ran on."""
+        proc = subprocess.run(
+            [str(PROJECT_ROOT / "tools" / "build_serving_image.sh")],
+            capture_output=True, text=True, cwd=PROJECT_ROOT,
+            env={**os.environ, "BASE_IMAGE": self.s.serving_base_image, "PYTHON": sys.executable},
+        )
+        if proc.returncode != 0:
+            raise DeployError(f"building the serving image failed:\n{(proc.stdout + proc.stderr)[-3000:]}")
+        image = proc.stdout.strip().splitlines()[-1]
+        repo = f"{SERVING_IMAGE}-{model}".lower()
+        self.api.tag(image, repo, tag=f"v{version}")
+        log.info("serving image %s tagged %s:v%s", image, repo, version)
+        return f"{repo}:v{version}"
 
     def _mounts(self) -> list[str]:
         """Host paths the container must see at the same path: state, the MLflow store, artifacts."""

@@ -28,6 +28,10 @@ import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+# at module level: FastAPI resolves the (string) annotations of the handlers in this namespace
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+
 log = logging.getLogger("mlops.gateway")
 
 HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "te", "upgrade", "proxy-authorization",
@@ -63,8 +67,6 @@ class GatewayState:
 
 def create_app(state_path: Path, *, admin_token: str | None, interval: float = 1.0, failures: int = 3):
     import httpx
-    from fastapi import FastAPI, Request
-    from fastapi.responses import JSONResponse, Response
 
     state = GatewayState(state_path)
     client = httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=2.0),
@@ -114,9 +116,10 @@ def create_app(state_path: Path, *, admin_token: str | None, interval: float = 1
         if not authorised(request):
             return JSONResponse({"detail": "admin token required (Authorization: Bearer ...)"}, status_code=401)
         body = await request.json()
-        upstream = {k: body[k] for k in ("url", "version", "instance") if k in body}
-        if "url" not in upstream:
-            return JSONResponse({"detail": "body needs 'url' (and 'version', 'instance')"}, status_code=400)
+        # the rest of the body (version, backend, instance id, ...) is kept as the upstream's record
+        upstream = {k: v for k, v in body.items() if k not in ("why", "require_ready")}
+        if not isinstance(upstream.get("url"), str):
+            return JSONResponse({"detail": "body needs 'url' (and 'version', 'backend', 'id')"}, status_code=400)
         if body.get("require_ready", True) and not await probe(upstream):
             return JSONResponse({"detail": f"upstream {upstream['url']} is not ready; not switching"},
                                 status_code=409)
