@@ -77,13 +77,14 @@ def train():
 
         spec = load_spec(lineage["dataset"])
         df = DataRepo().load(lineage["dataset"], lineage["data_rev"], spec)
-        reason = params["reason"]
-        if dag_run.conf and dag_run.conf.get("reason"):
-            reason = dag_run.conf["reason"]
+        conf = dag_run.conf or {}
+        # a drift-triggered run says why: the drifted features and the report land on the version's tags
+        trigger = {f"trigger_{k}": ",".join(v) if isinstance(v, list) else v for k, v in conf.items()
+                   if k in ("drifted_features", "report_uri", "monitoring_run_id", "model_version", "trigger")}
         return train_and_register(
-            df, spec, lineage={**lineage, "dag_run_id": dag_run.run_id},
+            df, spec, lineage={**lineage, **trigger, "dag_run_id": dag_run.run_id},
             family=params["family"], params=params["hyperparams"], search=params["search"],
-            seed=params["seed"], reason=reason, run_key=f"train/{dag_run.run_id}",
+            seed=params["seed"], reason=params["reason"], run_key=f"train/{dag_run.run_id}",
         )
 
     @task(outlets=[MODEL_CANDIDATE])

@@ -54,6 +54,7 @@ class Settings:
     docker_host: str | None
     deploy_backend: str
     serving_base_image: str
+    docker_network: str | None
     max_batch_bytes: int
     max_batch_rows: int
     lock_timeout_s: int
@@ -94,6 +95,8 @@ def settings() -> Settings:
         docker_host=os.environ.get("DOCKER_HOST") or None,
         deploy_backend=_env("MLOPS_DEPLOY_BACKEND", "auto"),
         serving_base_image=_env("MLOPS_SERVING_BASE_IMAGE", "python:3.11-slim"),
+        # None: serving containers share the host's network (embedded); compose sets its network name
+        docker_network=os.environ.get("MLOPS_DOCKER_NETWORK") or None,
         max_batch_bytes=_env_int("MLOPS_MAX_BATCH_BYTES", 512 * 1024 * 1024),
         max_batch_rows=_env_int("MLOPS_MAX_BATCH_ROWS", 5_000_000),
         lock_timeout_s=_env_int("MLOPS_LOCK_TIMEOUT_S", 600),

@@ -87,6 +87,9 @@ def serving_env(model: str, version: str, dataset: str, s: Settings) -> dict[str
         "MLOPS_PREDICTIONS_DIR": str(s.predictions_dir),
         "MLOPS_STATE_DIR": str(s.state_dir),
         "MLOPS_ADMIN_TOKEN": admin_token(s),
+        # serving knobs (batching, prediction-log flushing, limits) and S3 access follow the deployer's env
+        **{k: v for k, v in os.environ.items()
+           if k.startswith(("MLOPS_SERVING_", "MLOPS_PREDLOG_", "AWS_", "MLFLOW_S3_")) and k != "MLOPS_SERVING_PORT"},
     }
 
 
@@ -196,7 +199,7 @@ class DockerBackend:
     def _create(self, image: str, command: list[str], env: dict[str, str], name: str | None = None) -> str:
         mounts = self._mounts()
         host_config = self.api.create_host_config(
-            network_mode="host", binds=[f"{p}:{p}:rw" for p in mounts],
+            network_mode=self.s.docker_network or "host", binds=[f"{p}:{p}:rw" for p in mounts],
         )
         c = self.api.create_container(image=image, command=command, environment=env,
                                       host_config=host_config, name=name,
@@ -213,16 +216,19 @@ class DockerBackend:
             self.api.remove_container(cid, force=True)
 
     def start(self, image: str, model: str, version: str, dataset: str) -> dict:
-        port = _free_port()
-        name = f"mlops-{model}-v{version}-{port}"
+        # On the host network every server needs its own port; on a named network (compose) each
+        # container has its own address and is reached by name on the image's port.
+        port = _free_port() if not self.s.docker_network else 8080
+        name = f"mlops-{model}-v{version}-{_free_port()}".lower()
+        host = "127.0.0.1" if not self.s.docker_network else "0.0.0.0"
         cid = self._create(
-            image, ["python", "-m", "uvicorn", "include.serving.app:app", "--host", "127.0.0.1",
+            image, ["python", "-m", "uvicorn", "include.serving.app:app", "--host", host,
                     "--port", str(port), "--log-level", "warning"],
             serving_env(model, version, dataset, self.s), name=name,
         )
         self.api.start(cid)
-        return {"backend": self.name, "id": cid, "name": name, "url": f"http://127.0.0.1:{port}",
-                "version": str(version), "port": port}
+        url = f"http://127.0.0.1:{port}" if not self.s.docker_network else f"http://{name}:{port}"
+        return {"backend": self.name, "id": cid, "name": name, "url": url, "version": str(version), "port": port}
 
     def alive(self, instance: dict) -> bool:
         try:

@@ -637,7 +637,9 @@ def train_and_register(
         if lin["dataset"] == "unknown":
             lin["dataset"] = spec.name
         sha = code_sha()
-        version_tags = {**lin, "code_sha": sha, "reason": reason, "run_key": run_key, "family": family}
+        # why this version exists (e.g. the drift report that triggered it) rides along as trigger_* tags
+        trigger = {k: str(v)[:5000] for k, v in lineage.items() if k.startswith("trigger_") and v is not None}
+        version_tags = {**lin, **trigger, "code_sha": sha, "reason": reason, "run_key": run_key, "family": family}
 
         if search:
             hp, tried = _search(spec, family, hp, seed, train, val)

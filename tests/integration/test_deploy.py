@@ -35,6 +35,12 @@ def _docker_or_skip():
 def deploy_env(request, airflow_db, state, monkeypatch):
     if request.param == "docker":
         _docker_or_skip()
+        # The serving image runs as uid 10001: it must be able to reach the MLflow store and the
+        # state dir, which pytest and mkdtemp create under 0700 directories.
+        for d in (Path(state.state_dir), Path(state.data_repo).parent):
+            for p in (d, *d.parents):
+                if str(p).startswith("/tmp/") and p.stat().st_uid == os.getuid():
+                    p.chmod(p.stat().st_mode | 0o755)
         monkeypatch.setenv("MLOPS_SERVING_BASE_IMAGE", os.environ.get("MLOPS_SERVING_BASE_IMAGE",
                                                                          "mlops-base:bookworm"))
     port = free_port()
