@@ -50,6 +50,7 @@ class Settings:
     serving_port: int
     gateway_url: str
     specs_dir: Path
+    policies_dir: Path
     s3_endpoint: str | None
     docker_host: str | None
     deploy_backend: str
@@ -91,6 +92,8 @@ def settings() -> Settings:
         serving_port=_env_int("MLOPS_SERVING_PORT", 8700),
         gateway_url=_env("MLOPS_GATEWAY_URL", f"http://127.0.0.1:{_env_int('MLOPS_SERVING_PORT', 8700)}"),
         specs_dir=Path(_env("MLOPS_SPECS_DIR", str(PROJECT_ROOT / "include" / "specs"))),
+        # gate (<dataset>.yaml) and drift (drift_<dataset>.yaml) policies
+        policies_dir=Path(_env("MLOPS_POLICIES_DIR", str(PROJECT_ROOT / "include" / "policies"))),
         s3_endpoint=os.environ.get("MLOPS_S3_ENDPOINT") or os.environ.get("AWS_ENDPOINT_URL") or None,
         docker_host=os.environ.get("DOCKER_HOST") or None,
         deploy_backend=_env("MLOPS_DEPLOY_BACKEND", "auto"),

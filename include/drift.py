@@ -49,7 +49,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from include.config import PROJECT_ROOT, settings
+from include.config import settings
 from include.spec import DatasetSpec
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -58,7 +58,6 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger(__name__)
 
 MONITORING_EXPERIMENT = "monitoring"
-POLICIES_DIR = PROJECT_ROOT / "include" / "policies"
 CORRECTIONS = ("bh", "bonferroni", "none")
 # Numeric columns with at most this many distinct values (flags, small counts) are compared as
 # categories: a KS test and a std-normalised distance make little sense for a 0/1 column.
@@ -152,7 +151,7 @@ class DriftPolicy:
         """``<policies_dir>/drift_<dataset>.yaml`` (defaults when the file does not exist)."""
         import yaml
 
-        path = Path(policies_dir or POLICIES_DIR) / f"drift_{dataset}.yaml"
+        path = Path(policies_dir or settings().policies_dir) / f"drift_{dataset}.yaml"
         if not path.exists():
             log.info("no drift policy at %s: using the defaults", path)
             return cls()

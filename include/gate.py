@@ -86,7 +86,7 @@ def policy_path(dataset: str, policies_dir: Path | None = None) -> Path:
     if policies_dir is None:
         from include.config import settings
 
-        policies_dir = settings().specs_dir.parent / "policies"
+        policies_dir = settings().policies_dir
     return Path(policies_dir) / f"{dataset}.yaml"
 
 

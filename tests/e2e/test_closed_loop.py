@@ -1,0 +1,177 @@
+"""The closed loop, every stage a real DAG run (dag.test) on real components:
+
+ingest batch 1 -> train -> gate -> deploy -> serve drifted traffic -> monitor_drift fires ->
+train on the new data -> gate passes -> deploy -> the new champion serves.
+
+Deployment uses the Docker engine when one answers (MLOPS_DEPLOY_BACKEND=auto), else local processes.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from include.demo_data import make_batch, write_batch
+from tests.services import free_port
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+
+COOLDOWN_S = 45
+
+
+@pytest.fixture
+def loop_env(airflow_db, state, monkeypatch, tmp_path):
+    import shutil
+
+    import yaml
+
+    from include.config import PROJECT_ROOT
+
+    # the shipped policies, with a cooldown short enough for a test yet longer than one DAG run
+    policies = tmp_path / "policies"
+    shutil.copytree(PROJECT_ROOT / "include" / "policies", policies)
+    drift = yaml.safe_load((policies / "drift_sessions.yaml").read_text())
+    drift["cooldown_hours"] = COOLDOWN_S / 3600
+    (policies / "drift_sessions.yaml").write_text(yaml.safe_dump(drift))
+    monkeypatch.setenv("MLOPS_POLICIES_DIR", str(policies))
+    port = free_port()
+    monkeypatch.setenv("MLOPS_SERVING_PORT", str(port))
+    monkeypatch.setenv("MLOPS_GATEWAY_URL", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("MLOPS_ADMIN_TOKEN", "loop-admin-token")
+    monkeypatch.setenv("MLOPS_PREDLOG_FLUSH_SECONDS", "0.5")
+    monkeypatch.setenv("MLOPS_DEPLOY_BACKEND", os.environ.get("MLOPS_DEPLOY_BACKEND", "auto"))
+    from include.deployment import docker_available
+
+    if docker_available():
+        monkeypatch.setenv("MLOPS_SERVING_BASE_IMAGE", os.environ.get("MLOPS_SERVING_BASE_IMAGE",
+                                                                         "mlops-base:bookworm"))
+        for d in (Path(state.state_dir), Path(state.data_repo).parent):
+            for p in (d, *d.parents):
+                if str(p).startswith("/tmp/") and p.stat().st_uid == os.getuid():
+                    p.chmod(p.stat().st_mode | 0o755)
+    from include.config import settings
+
+    yield settings()
+    from include.deployment import backend_for, gateway_status, stop_gateway
+
+    status = gateway_status() or {}
+    for inst in (status.get("active"), status.get("fallback")):
+        if inst:
+            backend_for(inst).stop(inst)
+    stop_gateway()
+
+
+def _run(dag_id: str, conf: dict | None = None):
+    from airflow.dag_processing.dagbag import DagBag
+
+    from include.config import PROJECT_ROOT
+
+    dag = DagBag(dag_folder=str(PROJECT_ROOT / "dags")).get_dag(dag_id)
+    dr = dag.test(run_conf=conf or {})
+    states = {f"{ti.task_id}[{ti.map_index}]": str(ti.state) for ti in dr.get_task_instances()}
+    return dr, states
+
+
+def _version_with_alias(alias: str) -> str | None:
+    from include.config import settings
+    from include.tracking import client, configure_mlflow
+
+    configure_mlflow()
+    try:
+        return str(client().get_model_version_by_alias(settings().model_name, alias).version)
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def _candidate_version() -> str:
+    from include.config import settings
+    from include.tracking import client
+
+    versions = client().search_model_versions(f"name='{settings().model_name}'")
+    return str(max(int(v.version) for v in versions))
+
+
+def _serve(gateway: str, batch, chunk: int = 50) -> set[str]:
+    """Send a batch's sessions (with their keys, without labels) through the gateway."""
+    rows = batch.drop(columns=["purchased", "ts"]).astype(object)
+    rows = rows.where(rows.notna(), None).to_dict(orient="records")
+    versions = set()
+    with httpx.Client(timeout=30) as c:
+        for i in range(0, len(rows), chunk):
+            r = c.post(f"{gateway}/predict", json={"instances": rows[i:i + chunk]})
+            assert r.status_code == 200, r.text
+            versions.add(r.json()["model_version"])
+    return versions
+
+
+def test_drift_closes_the_loop(loop_env):
+    s = loop_env
+    landing = Path(s.landing)
+
+    # 1. first data -> first model -> first deployment
+    write_batch(make_batch(0, 3000, seed=7), landing / "day000.csv")
+    dr, states = _run("ingest")
+    assert str(dr.state) == "success", states
+    dr, states = _run("train", {"reason": "initial", "family": "logreg"})
+    assert str(dr.state) == "success" and states["gate[-1]"] == "success", states
+    v1 = _candidate_version()
+    dr, states = _run("deploy", {"model": s.model_name, "version": v1})
+    assert str(dr.state) == "success", states
+    assert _version_with_alias("champion") == v1
+
+    # 2. no drift yet: traffic like the training data does not trigger anything
+    assert _serve(s.gateway_url, make_batch(1, 800, seed=7)) == {v1}
+    time.sleep(1.5)  # prediction-log flush
+    dr, states = _run("monitor_drift", {"window_hours": 1})
+    assert str(dr.state) == "success", states
+    assert states["trigger_train[-1]"] == "skipped", states
+
+    # 3. the world changes: drifted sessions are served, their labels arrive in the next batch
+    from include.tracking import client
+
+    created = client().get_model_version(s.model_name, v1).creation_timestamp / 1000
+    time.sleep(max(0.0, created + COOLDOWN_S + 1 - time.time()))  # out of v1's own cooldown
+    # (a big batch: the retrained model must learn the new world, not mostly the old one)
+    drifted = make_batch(2, 8000, seed=7, covariate_drift=1.0, concept_drift=1.0)
+    assert _serve(s.gateway_url, drifted.head(2000)) == {v1}
+    write_batch(drifted, landing / "day002.csv")
+    dr, states = _run("ingest")
+    assert str(dr.state) == "success", states
+    time.sleep(1.5)
+
+    dr, states = _run("monitor_drift", {"window_hours": 1})
+    assert str(dr.state) == "success" and states["trigger_train[-1]"] == "success", states
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        triggered = session.query(DagRun).filter(DagRun.dag_id == "train",
+                                                 DagRun.run_id == f"drift__{dr.run_id}").one()
+        conf = dict(triggered.conf)
+    assert conf["reason"] == "drift" and conf["drifted_features"] and conf["report_uri"]
+    assert {"device", "channel"} & set(conf["drifted_features"])
+
+    # a second check inside the cooldown does not trigger again
+    dr2, states2 = _run("monitor_drift", {"window_hours": 1})
+    assert states2["trigger_train[-1]"] == "skipped", states2
+
+    # 4. the triggered retrain (run here in-process with the conf monitor_drift sent)
+    dr, states = _run("train", {**conf, "family": "logreg"})
+    assert str(dr.state) == "success", states
+    v2 = _candidate_version()
+    assert v2 != v1
+    assert states["gate[-1]"] == "success", "the gate rejected a model trained on the new world"
+    assert _version_with_alias("challenger") == v2
+    tags = client().get_model_version(s.model_name, v2).tags
+    assert tags["reason"] == "drift" and tags["trigger_report_uri"] == conf["report_uri"]
+
+    # 5. deploy -> the new champion serves
+    dr, states = _run("deploy", {"model": s.model_name, "version": v2})
+    assert str(dr.state) == "success", states
+    assert _version_with_alias("champion") == v2
+    assert _serve(s.gateway_url, make_batch(3, 100, seed=7, covariate_drift=1.0)) == {v2}
