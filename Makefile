@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 export MLOPS_STATE_DIR ?= $(CURDIR)/state
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install demo test test-fast lint lock check-lock bench clean-state
+.PHONY: install demo stop test test-fast lint lock check-lock bench clean-state
 
 # The venv is rebuilt whenever the pins change; the stamp records which pins it was built from,
 # so a cached venv can never hide a missing install step.
@@ -22,6 +22,9 @@ install: $(VENV)/.installed
 
 demo: install           ## run the loop on the embedded stack (no Docker needed) and print what it did
 	$(PY) -m include.demo
+
+stop:                   ## stop the model servers and the gateway the demo/deploy left running
+	-$(PY) -m include.deployment stop
 
 test: install           ## every test: integrity, unit, integration, e2e (what CI runs)
 	$(PY) -m pytest tests -q -p no:cacheprovider --timeout=1800
@@ -43,5 +46,5 @@ lock:                   ## re-resolve requirements.txt into constraints.txt (nee
 bench: install
 	$(PY) bench/parse_times.py
 
-clean-state:
+clean-state: stop
 	rm -rf state

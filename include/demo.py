@@ -3,8 +3,11 @@ remote, all under ``state/``) and print what each stage did.
 
 Each stage is a real DAG run (``dag.test()``: the tasks run in this process against the real
 metadata DB). The demo lands two good daily batches and one broken batch, ingests them, trains on
-the newest revision and gates the result. Re-running it is safe: already-ingested batches are
-no-ops, so the second demo trains again on the same revision and the gate decides again.
+the newest revision, gates it, deploys the champion behind the gateway (Docker when an engine
+answers, else local processes), serves normal traffic (no drift), then drifted traffic whose
+labels arrive in a later batch: monitor_drift fires, train runs on the new data, the gate passes
+and the new champion is deployed. Re-running it is safe: ingested batches are no-ops, a
+retrain on an unchanged revision meets the gate again, a deployed champion is not redeployed.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ def _migrate() -> None:
     subprocess.run([airflow, "db", "migrate"], check=True, capture_output=True)
 
 
-def land_demo_batches(days: range = range(2), n_rows: int = 4000, *, with_bad: bool = True) -> list[Path]:
+def land_demo_batches(days: range = range(2), n_rows: int = 2000, *, with_bad: bool = True) -> list[Path]:
     """Write the demo's daily batches (and one broken one) into the landing zone."""
     from include.demo_data import make_batch, write_batch
 
@@ -72,8 +75,60 @@ def _run(dag_id: str, conf: dict | None = None):
     return dr
 
 
+def _demo_policies(s) -> Path:
+    """The shipped policies with the drift cooldown off, so one demo shows the loop close.
+
+    (In production the cooldown keeps a model that was just trained from being retrained again.)
+    """
+    import shutil
+
+    import yaml
+
+    from include.config import PROJECT_ROOT
+
+    target = s.state_dir / "demo-policies"
+    shutil.copytree(PROJECT_ROOT / "include" / "policies", target, dirs_exist_ok=True)
+    drift = yaml.safe_load((target / "drift_sessions.yaml").read_text())
+    drift["cooldown_hours"] = 0
+    drift["max_retrains_per_day"] = 100
+    (target / "drift_sessions.yaml").write_text(yaml.safe_dump(drift))
+    return target
+
+
+def _serve(url: str, batch, chunk: int = 50) -> dict:
+    import httpx
+
+    rows = batch.drop(columns=["purchased", "ts"]).astype(object)
+    rows = rows.where(rows.notna(), None).to_dict(orient="records")
+    versions: dict = {}
+    with httpx.Client(timeout=30) as c:
+        for i in range(0, len(rows), chunk):
+            r = c.post(f"{url}/predict", json={"instances": rows[i:i + chunk]})
+            r.raise_for_status()
+            v = r.json()["model_version"]
+            versions[v] = versions.get(v, 0) + len(rows[i:i + chunk])
+    return versions
+
+
+def _alias(s, alias: str) -> str | None:
+    from include.tracking import client, configure_mlflow
+
+    configure_mlflow()
+    try:
+        return str(client().get_model_version_by_alias(s.model_name, alias).version)
+    except Exception:  # noqa: BLE001 - no such alias yet
+        return None
+
+
 def main() -> int:
     _prepare_env()
+    os.environ.setdefault("MLOPS_POLICIES_DIR", "")
+    s = settings()
+    if not os.environ["MLOPS_POLICIES_DIR"]:
+        os.environ["MLOPS_POLICIES_DIR"] = str(_demo_policies(s))
+    os.environ.setdefault("MLOPS_PREDLOG_FLUSH_SECONDS", "0.5")
+    # no Docker needed: local model servers unless asked (MLOPS_DEPLOY_BACKEND=docker make demo)
+    os.environ.setdefault("MLOPS_DEPLOY_BACKEND", "local")
     s = settings()
     print(f"state dir: {s.state_dir}\nMLflow: {s.mlflow_tracking_uri}\nDVC remote: {s.dvc_remote}")
     _step("initialising the embedded Airflow metadata DB")
@@ -94,7 +149,51 @@ def main() -> int:
         print(f"quarantined: {q.parent}  (report: {q})")
 
     _step("train: fit on the exact DVC rev, log to MLflow, register, gate vs champion")
-    _run("train", {"reason": "demo"})
+    _run("train", {"reason": "demo", "family": "logreg"})
+    candidate = _alias(s, "challenger")
+    if candidate and candidate != _alias(s, "champion"):
+        _step(f"deploy v{candidate}: build, infra-validate, switch the gateway, promote")
+        _run("deploy", {"model": s.model_name, "version": candidate})
+    champion = _alias(s, "champion")
+    if champion is None:
+        print("no champion: nothing to serve (see the gate decision above)")
+        _summary(s)
+        return 1
+
+    from include.demo_data import make_batch, write_batch
+
+    _step(f"serving: normal traffic through the gateway {s.gateway_url}")
+    print(f"served {_serve(s.gateway_url, make_batch(10, 600, seed=11))} rows per model version")
+    time.sleep(1.5)  # the prediction log flushes every 0.5 s
+    _step("monitor_drift on normal traffic: expect no retrain")
+    _run("monitor_drift", {"window_hours": 1})
+
+    _step("the world changes: drifted sessions are served, their labels land as a new batch")
+    drifted = make_batch(12, 8000, seed=11, covariate_drift=1.0, concept_drift=1.0)
+    print(f"served {_serve(s.gateway_url, drifted.head(2000))} rows per model version")
+    write_batch(drifted, Path(s.landing) / "sessions-day012-drifted.csv")
+    _run("ingest")
+    time.sleep(1.5)
+    dr = _run("monitor_drift", {"window_hours": 1})
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        triggered = session.query(DagRun).filter(DagRun.dag_id == "train",
+                                                 DagRun.run_id == f"drift__{dr.run_id}").one_or_none()
+        conf = dict(triggered.conf) if triggered is not None else None
+    if conf is None:
+        print("monitor_drift did not trigger a retrain (see its decision above)")
+    else:
+        print(f"monitor_drift triggered train: reason={conf['reason']} drifted={conf['drifted_features']}")
+        _step("train (the drift-triggered run, executed here in-process) -> gate vs the champion")
+        _run("train", {**conf, "family": "logreg"})
+        candidate = _alias(s, "challenger")
+        if candidate and candidate != _alias(s, "champion"):
+            _step(f"deploy v{candidate}")
+            _run("deploy", {"model": s.model_name, "version": candidate})
+        print(f"served {_serve(s.gateway_url, make_batch(13, 200, seed=11, covariate_drift=1.0))} "
+              "rows per model version after the retrain")
     _summary(s)
     return 0
 
@@ -115,7 +214,10 @@ def _summary(s) -> None:
         print(f"{s.model_name} v{v.version}: gate={tags.get('gate_decision', '-')} "
               f"data_rev={tags.get('data_rev', '?')[:10]} family={tags.get('family', '?')} "
               f"reason={tags.get('reason', '?')} aliases={list(v.aliases)}")
-    print(f"MLflow UI: mlflow ui --backend-store-uri {s.mlflow_tracking_uri}")
+    print(f"champion: v{_alias(s, 'champion')}, serving at {s.gateway_url}/predict "
+          f"(docs: {s.gateway_url}/docs; stop the servers with `make stop`)")
+    print(f"MLflow UI: .venv/bin/mlflow ui --backend-store-uri {s.mlflow_tracking_uri}")
+    print(f"audit logs: {s.reports_dir / 'audit.jsonl'} (gate), {s.reports_dir / 'deployments.jsonl'} (deploy)")
 
 
 if __name__ == "__main__":

@@ -474,3 +474,22 @@ def already_deployed(model: str, version: str) -> bool:
         return _http("GET", active["url"] + "/ready", timeout=2.0).status_code == 200
     except Exception:  # noqa: BLE001
         return False
+
+
+def stop_all(s: Settings | None = None) -> list[str]:
+    """Stop the servers the gateway knows about and the gateway itself (`make stop`)."""
+    s = s or settings()
+    status = gateway_status(s) or {}
+    stopped = []
+    for inst in (status.get("active"), status.get("fallback")):
+        if inst:
+            backend_for(inst, s).stop(inst)
+            stopped.append(f"v{inst.get('version')} ({inst.get('backend')} {inst.get('url')})")
+    stop_gateway(s)
+    return stopped
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] != ["stop"]:
+        raise SystemExit("usage: python -m include.deployment stop")
+    print("stopped:", ", ".join(stop_all()) or "nothing was serving")
