@@ -1,213 +1,33 @@
-"""A live embedded Airflow (`airflow standalone`: scheduler, dag-processor, triggerer, API server,
-LocalExecutor on SQLite) in its own state dir, driven only through its REST API."""
+"""e2e fixtures: a live Airflow in both modes (see tests/e2e/live.py)."""
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import signal
-import subprocess
-import sys
-import time
-from dataclasses import dataclass
-from pathlib import Path
-
-import httpx
 import pytest
 
-from tests.services import create_pg_database, drop_pg_database, free_port, wait_http
-
-VENV_BIN = Path(sys.executable).parent
+from tests.e2e.live import live_stack
 
 
-@dataclass
-class LiveAirflow:
-    url: str
-    env: dict
-    state_dir: Path
-    username: str
-    password: str
-    log: Path
-    mode: str = "embedded"
+def _no_cooldown(state):
+    """The shipped policies without the drift cooldown: the live test retrains right after deploying.
+    (Storm protection is tested in tests/e2e/test_closed_loop.py and the drift tests.)"""
+    import shutil
 
-    def client(self) -> httpx.Client:
-        r = httpx.post(f"{self.url}/auth/token", json={"username": self.username, "password": self.password},
-                       timeout=60)
-        r.raise_for_status()
-        # generous timeouts: on 2 cores the API server shares the CPU with running tasks
-        return httpx.Client(base_url=self.url, timeout=60,
-                            headers={"Authorization": f"Bearer {r.json()['access_token']}"})
+    import yaml
 
-    def trigger(self, dag_id: str, conf: dict | None = None) -> str:
-        with self.client() as c:
-            r = c.post(f"/api/v2/dags/{dag_id}/dagRuns", json={"logical_date": None, "conf": conf or {}})
-            assert r.status_code in (200, 201), r.text
-            return r.json()["dag_run_id"]
+    from include.config import PROJECT_ROOT
 
-    def runs(self, dag_id: str) -> list[dict]:
-        with self.client() as c:
-            r = c.get(f"/api/v2/dags/{dag_id}/dagRuns", params={"order_by": "run_after", "limit": 100})
-            r.raise_for_status()
-            return r.json()["dag_runs"]
-
-    def wait_run(self, dag_id: str, run_id: str | None = None, *, after: int = 0, timeout: float = 300) -> dict:
-        """Wait for run_id (or the (after+1)-th run of dag_id) to finish; return it."""
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            runs = self.runs(dag_id)
-            match = [r for r in runs if r["dag_run_id"] == run_id] if run_id else runs[after:after + 1]
-            if match and match[0]["state"] in ("success", "failed"):
-                return match[0]
-            time.sleep(2)
-        raise TimeoutError(f"{dag_id} run {run_id or f'#{after + 1}'} unfinished after {timeout}s; "
-                           f"runs: {[(r['dag_run_id'], r['state']) for r in self.runs(dag_id)]}\n"
-                           f"{self.log.read_text()[-4000:]}")
-
-    def task_states(self, dag_id: str, run_id: str) -> dict[str, str]:
-        from urllib.parse import quote
-
-        with self.client() as c:
-            r = c.get(f"/api/v2/dags/{dag_id}/dagRuns/{quote(run_id, safe='')}/taskInstances")
-            return {f"{t['task_id']}[{t['map_index']}]": t["state"] for t in r.json()["task_instances"]}
-
-
-def _base_env(state: Path) -> dict:
-    from include.config import airflow_env, settings
-
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "MLOPS_", "MLFLOW_"))}
-    # settings() reads os.environ, which holds the pytest session's Airflow: hide it meanwhile
-    keys = ("MLOPS_STATE_DIR", "AIRFLOW_HOME", "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN")
-    saved = {k: os.environ.pop(k, None) for k in keys}
-    os.environ["MLOPS_STATE_DIR"] = str(state)
-    try:
-        env.update(airflow_env(settings()))
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-    return env
-
-
-def _spawn(cmd: list[str], env: dict, log: Path) -> subprocess.Popen:
-    return subprocess.Popen(cmd, env=env, stdout=open(log, "ab"), stderr=subprocess.STDOUT,
-                            start_new_session=True)
-
-
-def _kill(procs: list[subprocess.Popen]) -> None:
-    for p in procs:
-        try:
-            os.killpg(p.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-    for p in procs:
-        try:
-            p.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(p.pid, signal.SIGKILL)
+    target = state / "policies"
+    shutil.copytree(PROJECT_ROOT / "include" / "policies", target)
+    drift = yaml.safe_load((target / "drift_sessions.yaml").read_text())
+    drift["cooldown_hours"] = 0
+    (target / "drift_sessions.yaml").write_text(yaml.safe_dump(drift))
+    return target
 
 
 @pytest.fixture(scope="module", params=["embedded", "distributed"])
 def live_airflow(request, tmp_path_factory):
-    """A live Airflow in either mode, same DAGs, same REST API:
-
-    * embedded: `airflow standalone` (LocalExecutor, SQLite), MLflow on SQLite, DVC remote a dir;
-    * distributed: api-server + scheduler + dag-processor + Celery worker as separate processes,
-      PostgreSQL metadata DB, Redis broker, an `mlflow server` on PostgreSQL with S3 artifacts, and
-      the DVC remote on S3 (moto's S3 API server stands in for S3/MinIO).
-    """
     mode = request.param
+    s3_url = request.getfixturevalue("s3_server") if mode == "distributed" else None
     state = tmp_path_factory.mktemp(f"live-{mode}")
-    port, serving_port = free_port(), free_port()
-    env = _base_env(state)
-    env.update({
-        "PATH": f"{VENV_BIN}:{env.get('PATH', '')}",
-        "AIRFLOW__API__PORT": str(port),
-        "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
-        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
-        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
-        "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
-        "AIRFLOW__CORE__PARALLELISM": "4",
-        "MLOPS_SERVING_PORT": str(serving_port),
-        "MLOPS_DEPLOY_BACKEND": os.environ.get("MLOPS_DEPLOY_BACKEND", "local"),
-        "GX_ANALYTICS_ENABLED": "False",
-        "MLOPS_ADMIN_TOKEN": "e2e-admin-token-not-a-real-secret",
-    })
-    log = state / f"airflow-{mode}.log"
-    procs: list[subprocess.Popen] = []
-    databases: list[str] = []
-    try:
-        if mode == "distributed":
-            env.update(_distributed_services(state, env, procs, databases, request))
-        Path(env["AIRFLOW_HOME"]).mkdir(parents=True, exist_ok=True)
-        subprocess.run([str(VENV_BIN / "airflow"), "db", "migrate"], env=env, check=True, capture_output=True)
-        if mode == "embedded":
-            procs.append(_spawn([str(VENV_BIN / "airflow"), "standalone"], env, log))
-        else:
-            for component in (["api-server", "--port", str(port)], ["scheduler"], ["dag-processor"],
-                              ["celery", "worker", "--concurrency", "2"]):
-                procs.append(_spawn([str(VENV_BIN / "airflow"), *component], env, log))
-        url = f"http://127.0.0.1:{port}"
-        wait_http(f"{url}/api/v2/monitor/health", timeout=180, proc=procs[-1 if mode == "embedded" else 0])
-        pw_file = Path(env["AIRFLOW_HOME"]) / "simple_auth_manager_passwords.json.generated"
-        deadline = time.time() + 60
-        while not pw_file.exists() and time.time() < deadline:
-            time.sleep(0.5)
-        password = json.loads(pw_file.read_text())["admin"]
-        live = LiveAirflow(url=url, env=env, state_dir=state, username="admin", password=password, log=log)
-        live.mode = mode
-        deadline = time.time() + 120  # wait until the dag-processor has registered our DAGs
-        while time.time() < deadline:
-            with live.client() as c:
-                ids = {d["dag_id"] for d in c.get("/api/v2/dags").json().get("dags", [])}
-            if {"ingest", "train"} <= ids:
-                break
-            time.sleep(2)
+    with live_stack(mode, state, s3_url=s3_url, extra_env={"MLOPS_POLICIES_DIR": str(_no_cooldown(state))}) as live:
         yield live
-    finally:
-        _kill(procs)
-        subprocess.run(["pkill", "-f", f"include.gateway --port {serving_port}"], check=False)
-        for db in databases:
-            drop_pg_database(db)
-        shutil.rmtree(state / "airflow" / "logs", ignore_errors=True)
-
-
-def _distributed_services(state: Path, env: dict, procs: list, databases: list, request) -> dict:
-    """PostgreSQL databases, Redis, moto S3 and an mlflow server; returns the env that points at them."""
-    import boto3
-
-    s3_url = request.getfixturevalue("s3_server")
-    creds = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-             "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": s3_url}
-    bucket = f"mlops-e2e-{os.getpid()}"
-    boto3.client("s3", endpoint_url=s3_url, aws_access_key_id="testing", aws_secret_access_key="testing",
-                 region_name="us-east-1").create_bucket(Bucket=bucket)
-    airflow_db, mlflow_db = create_pg_database("airflow_e2e"), create_pg_database("mlflow_e2e")
-    databases += [airflow_db, mlflow_db]
-    pg = "postgres@127.0.0.1:5432"
-    mlflow_port = free_port()
-    mlflow_env = {**env, **creds, "MLFLOW_S3_ENDPOINT_URL": s3_url}
-    procs.append(_spawn([str(VENV_BIN / "mlflow"), "server", "--backend-store-uri", f"postgresql://{pg}/{mlflow_db}",
-                         "--default-artifact-root", f"s3://{bucket}/mlflow", "--host", "127.0.0.1",
-                         "--port", str(mlflow_port), "--workers", "1"], mlflow_env, state / "mlflow-server.log"))
-    wait_http(f"http://127.0.0.1:{mlflow_port}/health", timeout=120, proc=procs[-1])
-    redis_db = 1 + os.getpid() % 14
-    return {
-        **creds,
-        "MLFLOW_S3_ENDPOINT_URL": s3_url,
-        "MLOPS_S3_ENDPOINT": s3_url,
-        "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{mlflow_port}",
-        "MLFLOW_REGISTRY_URI": f"http://127.0.0.1:{mlflow_port}",
-        "MLOPS_MLFLOW_ARTIFACT_ROOT": f"s3://{bucket}/mlflow",
-        "MLOPS_DVC_REMOTE": f"s3://{bucket}/dvc",
-        "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"postgresql+psycopg2://{pg}/{airflow_db}",
-        "AIRFLOW__CELERY__BROKER_URL": f"redis://127.0.0.1:6379/{redis_db}",
-        "AIRFLOW__CELERY__RESULT_BACKEND": f"db+postgresql://{pg}/{airflow_db}",
-        "AIRFLOW__CORE__AUTH_MANAGER": "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
-        "AIRFLOW__API_AUTH__JWT_SECRET": "e2e-jwt-secret-not-a-real-secret",
-        "AIRFLOW__CORE__FERNET_KEY": "",
-    }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -34,6 +35,41 @@ def test_landing_a_batch_runs_ingest_then_train_by_asset(live_airflow):
     train = live.wait_run("train", after=0, timeout=300)
     assert train["state"] == "success", live.task_states("train", train["dag_run_id"])
     assert train["run_type"] == "asset_triggered"
+    # ... and deploy on the model_candidate Asset that train's gate emitted
+    deploy = live.wait_run("deploy", after=0, timeout=300)
+    assert deploy["state"] == "success", live.task_states("deploy", deploy["dag_run_id"])
+    assert deploy["run_type"] == "asset_triggered"
+    served = _serve(live, make_batch(1, 100))
+    assert served == {"1"}
+
+
+def _serve(live, batch) -> set[str]:
+    import httpx
+
+    rows = batch.drop(columns=["purchased", "ts"]).astype(object)
+    rows = rows.where(rows.notna(), None).to_dict(orient="records")
+    url = f"http://127.0.0.1:{live.env['MLOPS_SERVING_PORT']}/predict"
+    versions = set()
+    with httpx.Client(timeout=30) as c:
+        for i in range(0, len(rows), 50):
+            r = c.post(url, json={"instances": rows[i:i + 50]})
+            assert r.status_code == 200, r.text
+            versions.add(r.json()["model_version"])
+    return versions
+
+
+def test_drifted_traffic_triggers_retraining(live_airflow):
+    live = live_airflow
+    _serve(live, make_batch(5, 1500, covariate_drift=1.0))
+    time.sleep(1.5)  # prediction-log flush
+    run_id = live.trigger("monitor_drift", {"window_hours": 1})
+    monitor = live.wait_run("monitor_drift", run_id, timeout=300)
+    assert monitor["state"] == "success", live.task_states("monitor_drift", run_id)
+    states = live.task_states("monitor_drift", run_id)
+    assert states["trigger_train[-1]"] == "success", states
+    train = live.wait_run("train", f"drift__{run_id}", timeout=300)
+    assert train["state"] == "success", live.task_states("train", train["dag_run_id"])
+    assert train["conf"]["reason"] == "drift" and train["conf"]["drifted_features"]
 
 
 def test_retrain_cli_reason_reaches_lineage_tags(live_airflow):
@@ -67,3 +103,14 @@ def test_retrain_cli_bad_credentials_is_a_clear_error(live_airflow):
     )
     assert proc.returncode == 2
     assert "login" in proc.stderr and "failed" in proc.stderr
+
+
+def test_secrets_never_reach_task_logs(live_airflow):
+    """After the runs above, no task log holds a secret value of this deployment."""
+    env = live_airflow.env
+    secrets = [v for k, v in env.items() if k in ("MLOPS_ADMIN_TOKEN", "AIRFLOW__API_AUTH__JWT_SECRET") and v]
+    secrets.append(live_airflow.password)
+    logs = list((Path(env["AIRFLOW_HOME"]) / "logs").rglob("*.log"))
+    assert logs, "no task logs found"
+    leaks = [(str(p), s[:4] + "...") for p in logs for s in secrets if s in p.read_text(errors="replace")]
+    assert not leaks, leaks
