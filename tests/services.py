@@ -40,3 +40,31 @@ def create_pg_database(prefix: str) -> str:
 def drop_pg_database(name: str) -> None:
     subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-qc",
                     f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"], check=False, capture_output=True)
+
+
+def serving_env(monkeypatch, state, backend: str):
+    """Point the deploy code at a fresh gateway port with `backend` (local, docker or auto).
+
+    For Docker, the serving image runs as uid 10001: it must be able to reach the MLflow store and
+    the state dir, which pytest and mkdtemp create under 0700 directories.
+    """
+    import os
+    from pathlib import Path
+
+    from include.config import settings
+    from include.deployment import docker_available
+
+    if backend == "docker" or (backend == "auto" and docker_available()):
+        monkeypatch.setenv("MLOPS_SERVING_BASE_IMAGE", os.environ.get("MLOPS_SERVING_BASE_IMAGE",
+                                                                         "mlops-base:bookworm"))
+        for d in (Path(state.state_dir), Path(state.data_repo).parent):
+            for p in (d, *d.parents):
+                if str(p).startswith("/tmp/") and p.stat().st_uid == os.getuid():
+                    p.chmod(p.stat().st_mode | 0o755)
+    port = free_port()
+    monkeypatch.setenv("MLOPS_DEPLOY_BACKEND", backend)
+    monkeypatch.setenv("MLOPS_SERVING_PORT", str(port))
+    monkeypatch.setenv("MLOPS_GATEWAY_URL", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("MLOPS_ADMIN_TOKEN", "test-admin-token")
+    monkeypatch.setenv("MLOPS_PREDLOG_FLUSH_SECONDS", "0.5")
+    return settings()

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from include.demo_data import make_batch, write_batch
-from tests.services import free_port
+from tests.services import serving_env
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -39,31 +39,10 @@ def loop_env(airflow_db, state, monkeypatch, tmp_path):
     drift["cooldown_hours"] = COOLDOWN_S / 3600
     (policies / "drift_sessions.yaml").write_text(yaml.safe_dump(drift))
     monkeypatch.setenv("MLOPS_POLICIES_DIR", str(policies))
-    port = free_port()
-    monkeypatch.setenv("MLOPS_SERVING_PORT", str(port))
-    monkeypatch.setenv("MLOPS_GATEWAY_URL", f"http://127.0.0.1:{port}")
-    monkeypatch.setenv("MLOPS_ADMIN_TOKEN", "loop-admin-token")
-    monkeypatch.setenv("MLOPS_PREDLOG_FLUSH_SECONDS", "0.5")
-    monkeypatch.setenv("MLOPS_DEPLOY_BACKEND", os.environ.get("MLOPS_DEPLOY_BACKEND", "auto"))
-    from include.deployment import docker_available
+    from include.deployment import stop_all
 
-    if docker_available():
-        monkeypatch.setenv("MLOPS_SERVING_BASE_IMAGE", os.environ.get("MLOPS_SERVING_BASE_IMAGE",
-                                                                         "mlops-base:bookworm"))
-        for d in (Path(state.state_dir), Path(state.data_repo).parent):
-            for p in (d, *d.parents):
-                if str(p).startswith("/tmp/") and p.stat().st_uid == os.getuid():
-                    p.chmod(p.stat().st_mode | 0o755)
-    from include.config import settings
-
-    yield settings()
-    from include.deployment import backend_for, gateway_status, stop_gateway
-
-    status = gateway_status() or {}
-    for inst in (status.get("active"), status.get("fallback")):
-        if inst:
-            backend_for(inst).stop(inst)
-    stop_gateway()
+    yield serving_env(monkeypatch, state, os.environ.get("MLOPS_DEPLOY_BACKEND", "auto"))
+    stop_all()
 
 
 def _run(dag_id: str, conf: dict | None = None):

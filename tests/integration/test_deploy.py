@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from include.demo_data import make_batch
-from tests.services import free_port
+from tests.services import serving_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -33,32 +33,12 @@ def _docker_or_skip():
 
 @pytest.fixture(params=["local", "docker"])
 def deploy_env(request, airflow_db, state, monkeypatch):
+    from include.deployment import stop_all
+
     if request.param == "docker":
         _docker_or_skip()
-        # The serving image runs as uid 10001: it must be able to reach the MLflow store and the
-        # state dir, which pytest and mkdtemp create under 0700 directories.
-        for d in (Path(state.state_dir), Path(state.data_repo).parent):
-            for p in (d, *d.parents):
-                if str(p).startswith("/tmp/") and p.stat().st_uid == os.getuid():
-                    p.chmod(p.stat().st_mode | 0o755)
-        monkeypatch.setenv("MLOPS_SERVING_BASE_IMAGE", os.environ.get("MLOPS_SERVING_BASE_IMAGE",
-                                                                         "mlops-base:bookworm"))
-    port = free_port()
-    monkeypatch.setenv("MLOPS_DEPLOY_BACKEND", request.param)
-    monkeypatch.setenv("MLOPS_SERVING_PORT", str(port))
-    monkeypatch.setenv("MLOPS_GATEWAY_URL", f"http://127.0.0.1:{port}")
-    monkeypatch.setenv("MLOPS_ADMIN_TOKEN", "test-admin-token")
-    monkeypatch.setenv("MLOPS_PREDLOG_FLUSH_SECONDS", "0.5")
-    from include.config import settings
-
-    yield settings()
-    from include.deployment import backend_for, gateway_status, stop_gateway
-
-    status = gateway_status() or {}
-    for inst in (status.get("active"), status.get("fallback")):
-        if inst:
-            backend_for(inst).stop(inst)
-    stop_gateway()
+    yield serving_env(monkeypatch, state, request.param)
+    stop_all()
 
 
 def _train(day: int, rows: int, family: str = "logreg") -> str:
