@@ -80,19 +80,9 @@ def _demo_policies(s) -> Path:
 
     (In production the cooldown keeps a model that was just trained from being retrained again.)
     """
-    import shutil
+    from include.monitoring import policies_overlay
 
-    import yaml
-
-    from include.config import PROJECT_ROOT
-
-    target = s.state_dir / "demo-policies"
-    shutil.copytree(PROJECT_ROOT / "include" / "policies", target, dirs_exist_ok=True)
-    drift = yaml.safe_load((target / "drift_sessions.yaml").read_text())
-    drift["cooldown_hours"] = 0
-    drift["max_retrains_per_day"] = 100
-    (target / "drift_sessions.yaml").write_text(yaml.safe_dump(drift))
-    return target
+    return policies_overlay(s.state_dir / "demo-policies", cooldown_hours=0, max_retrains_per_day=100)
 
 
 def _serve(url: str, batch, chunk: int = 50) -> dict:

@@ -50,3 +50,25 @@ def check_champion(*, window_hours: float, run_key: str, now: dt.datetime | None
                                  "drifted_features": summary.get("drifted_features") or [],
                                  "report_uri": summary.get("report_uri"), "model_version": str(mv.version)}
     return summary
+
+
+def policies_overlay(target, *, dataset: str = "sessions", **drift_overrides):
+    """A copy of the configured policies dir with some drift-policy keys changed; returns its path.
+
+    For demos and tests that must see the loop close within minutes (cooldown off), while the
+    shipped policies stay as they are. Point MLOPS_POLICIES_DIR at the result.
+    """
+    import shutil
+    from pathlib import Path
+
+    import yaml
+
+    from include.config import settings
+
+    target = Path(target)
+    shutil.copytree(settings().policies_dir, target, dirs_exist_ok=True)
+    path = target / f"drift_{dataset}.yaml"
+    drift = yaml.safe_load(path.read_text()) if path.exists() else {}
+    drift.update(drift_overrides)
+    path.write_text(yaml.safe_dump(drift))
+    return target

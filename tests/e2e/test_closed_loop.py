@@ -26,18 +26,10 @@ COOLDOWN_S = 45
 
 @pytest.fixture
 def loop_env(airflow_db, state, monkeypatch, tmp_path):
-    import shutil
-
-    import yaml
-
-    from include.config import PROJECT_ROOT
+    from include.monitoring import policies_overlay
 
     # the shipped policies, with a cooldown short enough for a test yet longer than one DAG run
-    policies = tmp_path / "policies"
-    shutil.copytree(PROJECT_ROOT / "include" / "policies", policies)
-    drift = yaml.safe_load((policies / "drift_sessions.yaml").read_text())
-    drift["cooldown_hours"] = COOLDOWN_S / 3600
-    (policies / "drift_sessions.yaml").write_text(yaml.safe_dump(drift))
+    policies = policies_overlay(tmp_path / "policies", cooldown_hours=COOLDOWN_S / 3600)
     monkeypatch.setenv("MLOPS_POLICIES_DIR", str(policies))
     from include.deployment import stop_all
 
