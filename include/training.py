@@ -672,6 +672,7 @@ def train_and_register(
             run_id = run.info.run_id
             # MLflow hints that int columns cannot hold NaN; the spec decides nullability, not MLflow.
             warnings.filterwarnings("ignore", message=".*Inferred schema contains integer column", category=UserWarning)
+            _hush_skops_module_scan()
             try:
                 mlflow.log_params(run_params)
                 mlflow.log_metrics(metrics)
@@ -791,7 +792,15 @@ def load_model(name: str, version: str | int) -> Pipeline:
         if conf.get("serialization_format") != "skops":
             raise ValueError(f"{uri} is saved as {conf.get('serialization_format')!r}; only skops models are loaded")
         path = local / conf["pickled_model"]
-        untrusted = sorted(set(skops.io.get_untrusted_types(file=path)) - set(SKOPS_TRUSTED_TYPES))
-        if untrusted:
-            raise ValueError(f"{uri} contains types outside SKOPS_TRUSTED_TYPES: {untrusted}; refusing to load")
-        return skops.io.load(path, trusted=SKOPS_TRUSTED_TYPES)
+        with warnings.catch_warnings():
+            _hush_skops_module_scan()
+            untrusted = sorted(set(skops.io.get_untrusted_types(file=path)) - set(SKOPS_TRUSTED_TYPES))
+            if untrusted:
+                raise ValueError(f"{uri} contains types outside SKOPS_TRUSTED_TYPES: {untrusted}; refusing to load")
+            return skops.io.load(path, trusted=SKOPS_TRUSTED_TYPES)
+
+
+def _hush_skops_module_scan() -> None:
+    """skops looks names up on every loaded module; in an Airflow worker that touches Airflow's
+    deprecated aliases and floods the task log with FutureWarnings about them. Not ours to fix."""
+    warnings.filterwarnings("ignore", category=FutureWarning, message=".*(is deprecated|deprecated and will be removed).*")
