@@ -10,14 +10,18 @@ gateway until it answers with the new champion. Prints each stage's span and the
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import httpx
 
+from include.config import PROJECT_ROOT
 from include.demo_data import make_batch, write_batch
-from tests.e2e.live import live_stack
+
+sys.path.insert(0, str(PROJECT_ROOT))  # the live-stack harness is shared with the e2e tests
+from tests.e2e.live import live_stack  # noqa: E402
 
 GOAL_S = 120
 
@@ -56,8 +60,10 @@ def main() -> None:
         for dag_id in ("ingest", "train", "deploy"):
             run = live.runs(dag_id)[0]
             q, start, end = _iso(run.get("queued_at")), _iso(run.get("start_date")), _iso(run.get("end_date"))
-            print(f"  {dag_id:<7} queued +{q - t0:5.1f} s, started +{start - t0:5.1f} s, "
-                  f"ended +{end - t0:5.1f} s ({run['run_type']}, {run['state']})")
+            rel = {k: (f"+{v - t0:5.1f} s" if v else "   -   ") for k, v in
+                   (("queued", q), ("started", start), ("ended", end))}
+            print(f"  {dag_id:<7} queued {rel['queued']}, started {rel['started']}, ended {rel['ended']} "
+                  f"({run['run_type']}, {run['state']})")
 
 
 if __name__ == "__main__":
