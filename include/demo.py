@@ -200,6 +200,7 @@ def _summary(s) -> None:
         print(f"no registered model yet ({err})")
         return
     for v in sorted(versions, key=lambda v: int(v.version)):
+        v = c.get_model_version(s.model_name, v.version)  # search results carry no aliases
         tags = v.tags
         print(f"{s.model_name} v{v.version}: gate={tags.get('gate_decision', '-')} "
               f"data_rev={tags.get('data_rev', '?')[:10]} family={tags.get('family', '?')} "
