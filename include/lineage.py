@@ -1,0 +1,130 @@
+"""Lineage: from any served prediction back to its model version, data revision, validation
+result, code commit, training run, gate decision and deployments.
+
+    lineage --request-id 3f2a...        # one prediction (from the response / X-Request-ID header)
+    lineage --model-version 4           # one model version
+
+Everything it reports is read from where the loop recorded it: the prediction log, the MLflow
+registry (version tags), the data repo (git + DVC manifest), the stored validation results and the
+append-only audit logs. Nothing is re-computed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+class LineageError(LookupError):
+    pass
+
+
+def _audit_entries(path: Path, model: str, version: str) -> list[dict]:
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if str(entry.get("version")) == version and entry.get("model", model) == model:
+            out.append(entry)
+    return out
+
+
+def model_lineage(model: str, version: str | int) -> dict:
+    """Where a registered version came from and what happened to it since."""
+    from include.config import settings
+    from include.tracking import client, configure_mlflow
+    from include.versioning import DataRepo, DataRepoError
+
+    s = settings()
+    configure_mlflow()
+    c = client()
+    version = str(version)
+    try:
+        mv = c.get_model_version(model, version)
+    except Exception as err:  # noqa: BLE001 - MLflow raises its own exception types
+        raise LineageError(f"{model} v{version} is not in the registry: {err}") from err
+    tags = dict(mv.tags)
+    data = {k: tags.get(k) for k in ("dataset", "data_rev", "data_md5", "validation_id")}
+    validation = s.reports_dir / "validations" / f"{tags.get('validation_id')}.json"
+    data["validation_report"] = str(validation) if validation.exists() else None
+    try:
+        repo_view = DataRepo(s).lineage(tags["dataset"], tags["data_rev"])
+        data["batches_validation_ids"] = repo_view["validation_ids"]
+        data["rows"] = repo_view["rows"]
+        data["data_repo"] = str(s.data_repo)
+    except (DataRepoError, KeyError) as err:
+        data["data_repo_error"] = str(err)
+    run = c.get_run(mv.run_id)
+    return {
+        "model": model,
+        "version": version,
+        "aliases": list(getattr(mv, "aliases", []) or []),
+        "data": data,
+        "code": {"code_sha": tags.get("code_sha"), "code_dirty": tags.get("code_dirty")},
+        "training": {
+            "mlflow_run_id": mv.run_id,
+            "dag_run_id": tags.get("dag_run_id"),
+            "reason": tags.get("reason"),
+            "family": tags.get("family"),
+            "metrics": {k: v for k, v in run.data.metrics.items() if k.startswith("test_") and "__" not in k},
+        },
+        "trigger": {k[len("trigger_"):]: v for k, v in tags.items() if k.startswith("trigger_")},
+        "gate": {"decision": tags.get("gate_decision"), "reasons": tags.get("gate_reasons"),
+                 "report": tags.get("gate_report")},
+        "deployments": _audit_entries(s.reports_dir / "deployments.jsonl", model, version),
+    }
+
+
+def trace_prediction(request_id: str, *, model: str | None = None) -> dict:
+    """The logged prediction with this request id, and the lineage of the version that made it."""
+    import pyarrow.compute as pc
+    import pyarrow.dataset as ds
+
+    from include.config import settings
+    from include.serving.predlog import list_files
+
+    s = settings()
+    model = model or s.model_name
+    files = list_files(s.predictions_dir, model)
+    if not files:
+        raise LineageError(f"no prediction log for {model} under {s.predictions_dir}")
+    table = ds.dataset([str(f) for f in files], format="parquet").to_table(
+        filter=pc.field("request_id") == request_id)
+    if table.num_rows == 0:
+        raise LineageError(f"request {request_id!r} is not in the prediction log of {model} "
+                           f"({len(files)} files; rows are flushed every few seconds)")
+    rows = table.to_pandas()
+    versions = sorted(set(rows["model_version"].astype(str)))
+    records = json.loads(rows.to_json(orient="records", date_format="iso"))
+    return {"request_id": request_id, "rows": records,
+            "lineage": [model_lineage(model, v) for v in versions]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="lineage", description=__doc__.splitlines()[0])
+    group = ap.add_mutually_exclusive_group(required=True)
+    group.add_argument("--request-id", help="a served prediction's request id")
+    group.add_argument("--model-version", help="a registered model version")
+    ap.add_argument("--model", default=None, help="registered model name (default: MLOPS_MODEL_NAME)")
+    args = ap.parse_args(argv)
+    from include.config import settings
+
+    model = args.model or settings().model_name
+    try:
+        out = (trace_prediction(args.request_id, model=model) if args.request_id
+               else model_lineage(model, args.model_version))
+    except LineageError as err:
+        print(f"lineage: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(out, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
