@@ -184,8 +184,42 @@ def main() -> int:
             _run("deploy", {"model": s.model_name, "version": candidate})
         print(f"served {_serve(s.gateway_url, make_batch(13, 200, seed=11, covariate_drift=1.0))} "
               "rows per model version after the retrain")
+    _show_lineage(s)
     _summary(s)
     return 0
+
+
+def _show_lineage(s) -> None:
+    """One served prediction traced back to its data, validation, code and decisions."""
+    import httpx
+
+    from include.demo_data import make_batch
+    from include.lineage import LineageError, trace_prediction
+
+    rows = make_batch(20, 1, seed=11).drop(columns=["purchased", "ts"]).astype(object)
+    r = httpx.post(f"{s.gateway_url}/predict", json={"instance": rows.where(rows.notna(), None).iloc[0].to_dict()},
+                   timeout=30)
+    if r.status_code != 200:
+        return
+    request_id = r.json()["request_id"]
+    _step(f"lineage of one prediction (request {request_id})")
+    deadline = time.time() + 10
+    while True:
+        try:
+            trace = trace_prediction(request_id)
+            break
+        except LineageError:
+            if time.time() > deadline:
+                print("the prediction log has not been flushed yet; try `lineage --request-id` later")
+                return
+            time.sleep(0.5)
+    lin = trace["lineage"][0]
+    print(f"prediction {trace['rows'][0]['prediction']:.3f} by {lin['model']} v{lin['version']}, trained on "
+          f"{lin['data']['dataset']} @ {lin['data']['data_rev'][:10]} (md5 {lin['data']['data_md5']}, "
+          f"{len(lin['data'].get('batches_validation_ids', []))} validated batches), code {lin['code']['code_sha'][:10]}, "
+          f"reason {lin['training']['reason']!r}, gate {lin['gate']['decision']}, "
+          f"{len(lin['deployments'])} deployment record(s)")
+    print(f"full record: .venv/bin/lineage --request-id {request_id}")
 
 
 def _summary(s) -> None:
