@@ -51,6 +51,9 @@ from include.assets import DATASET, MODEL_CANDIDATE
                         description="Try a few candidates and keep the best on the validation split."),
         "seed": Param(42, type="integer", minimum=0, title="Seed",
                       description="Seed for the split and the estimator (same rev + seed = same model)."),
+        "window_days": Param(0, type="number", minimum=0, title="Training window (days)",
+                             description="Fit on rows within N days of the newest one (0 = all data at the rev). "
+                                         "Drift retrains use the drift policy's retrain_window_days."),
         "reason": Param("manual", type="string", title="Reason",
                         description="Why this retrain: recorded on the model version's lineage tags."),
         "override_approve": Param(False, type="boolean", title="Override gate: approve",
@@ -72,17 +75,19 @@ def train():
     @task
     def fit(lineage: dict, params=None, dag_run=None) -> dict:
         from include.spec import load_spec
-        from include.training import train_and_register
+        from include.training import select_window, train_and_register
         from include.versioning import DataRepo
 
         spec = load_spec(lineage["dataset"])
-        df = DataRepo().load(lineage["dataset"], lineage["data_rev"], spec)
+        df = select_window(DataRepo().load(lineage["dataset"], lineage["data_rev"], spec), spec,
+                           params["window_days"])
         conf = dag_run.conf or {}
         # a drift-triggered run says why: the drifted features and the report land on the version's tags
         trigger = {f"trigger_{k}": ",".join(v) if isinstance(v, list) else v for k, v in conf.items()
                    if k in ("drifted_features", "report_uri", "monitoring_run_id", "model_version", "trigger")}
         return train_and_register(
-            df, spec, lineage={**lineage, **trigger, "dag_run_id": dag_run.run_id},
+            df, spec, lineage={**lineage, **trigger, "dag_run_id": dag_run.run_id,
+                               "selection_window_days": params["window_days"] or None},
             family=params["family"], params=params["hyperparams"], search=params["search"],
             seed=params["seed"], reason=params["reason"], run_key=f"train/{dag_run.run_id}",
         )

@@ -109,6 +109,9 @@ class DriftPolicy:
     quality_ceiling: dict[str, float] = field(default_factory=dict)
     min_labeled: int = 1000
     seed: int = 0
+    # >0: a drift retrain fits on the newest N days only (train's `window_days`), so the new model
+    # learns the world that drifted instead of mostly the one before it; 0: all data
+    retrain_window_days: float = 0.0
 
     def __post_init__(self) -> None:
         problems = []
@@ -1045,7 +1048,9 @@ def run_drift_check(
             "train_conf": ({"reason": "drift", "trigger": decision.code,
                             "drifted_features": decision.drifted_features,
                             "report_uri": report_uri, "monitoring_run_id": run_id,
-                            "model_version": str(model_version)} if decision.retrain else None),
+                            "model_version": str(model_version),
+                            **({"window_days": policy.retrain_window_days} if policy.retrain_window_days else {}),
+                            } if decision.retrain else None),
         })
         if record:
             _append_entry(path, decision, model_name=model_name, model_version=model_version,

@@ -259,6 +259,20 @@ def check_frame(df: pd.DataFrame, spec: DatasetSpec) -> None:
             )
 
 
+def select_window(df: pd.DataFrame, spec: DatasetSpec, days: float) -> pd.DataFrame:
+    """Rows whose timestamp lies within ``days`` of the newest one (``days <= 0``: every row).
+
+    After concept drift, a model fitted mostly on rows from before the drift learns the old world;
+    a window lets a retrain see the new one only (the gate still decides whether that is better).
+    """
+    if not days or days <= 0:
+        return df
+    if not spec.timestamp:
+        raise TrainingInputError(f"window_days={days} needs a timestamp column; spec {spec.name!r} has none")
+    ts = pd.to_datetime(df[spec.timestamp], utc=True)
+    return df[ts >= ts.max() - pd.Timedelta(days=float(days))].reset_index(drop=True)
+
+
 def split(df: pd.DataFrame, spec: DatasetSpec, *, seed: int = 42, holdout_frac: float = 0.2,
           val_frac: float = 0.2) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Deterministic (train, val, test); fractions are of the whole frame.
@@ -637,8 +651,10 @@ def train_and_register(
         if lin["dataset"] == "unknown":
             lin["dataset"] = spec.name
         sha = code_sha()
-        # why this version exists (e.g. the drift report that triggered it) rides along as trigger_* tags
-        trigger = {k: str(v)[:5000] for k, v in lineage.items() if k.startswith("trigger_") and v is not None}
+        # why this version exists (e.g. the drift report that triggered it) and how its rows were
+        # chosen ride along as trigger_* / selection_* tags
+        trigger = {k: str(v)[:5000] for k, v in lineage.items()
+                   if k.startswith(("trigger_", "selection_")) and v is not None}
         version_tags = {**lin, **trigger, "code_sha": sha, "reason": reason, "run_key": run_key, "family": family}
 
         if search:

@@ -29,7 +29,8 @@ def loop_env(airflow_db, state, monkeypatch, tmp_path):
     from include.monitoring import policies_overlay
 
     # the shipped policies, with a cooldown short enough for a test yet longer than one DAG run
-    policies = policies_overlay(tmp_path / "policies", cooldown_hours=COOLDOWN_S / 3600)
+    # and drift retrains fit on the newest day only (the drifted batch)
+    policies = policies_overlay(tmp_path / "policies", cooldown_hours=COOLDOWN_S / 3600, retrain_window_days=1)
     monkeypatch.setenv("MLOPS_POLICIES_DIR", str(policies))
     from include.deployment import stop_all
 
@@ -140,6 +141,9 @@ def test_drift_closes_the_loop(loop_env):
     assert _version_with_alias("challenger") == v2
     tags = client().get_model_version(s.model_name, v2).tags
     assert tags["reason"] == "drift" and tags["trigger_report_uri"] == conf["report_uri"]
+    assert conf["window_days"] == 1 and tags["selection_window_days"] in ("1", "1.0")
+    params = client().get_run(client().get_model_version(s.model_name, v2).run_id).data.params
+    assert sum(int(params[k]) for k in ("n_train", "n_val", "n_test")) == 8000  # the drifted day only
 
     # 5. deploy -> the new champion serves
     dr, states = _run("deploy", {"model": s.model_name, "version": v2})

@@ -108,6 +108,7 @@ def test_covariate_drift_retrains_on_the_shifted_features_and_logs_everything(st
     assert s["prediction_drift"]["drifted"] is True  # the scores moved with the inputs
     assert "prediction" not in s["drifted_features"]
     assert s["train_conf"]["reason"] == "drift" and set(s["train_conf"]["drifted_features"]) == SHIFTED
+    assert "window_days" not in s["train_conf"]  # retrain_window_days is off in this policy
     assert (s["n_reference"], s["n_current"]) == (8_000, 8_000)
     json.dumps(s)  # small and JSON-able: fit for XCom and dag-run conf
 

@@ -331,3 +331,11 @@ def test_join_labels_joins_late_truth_and_scores_it():
     assert join_labels(anonymous, labels, "session_id").n_predictions == 5  # rows without a key can't join
     with pytest.raises(ValueError, match="target"):
         join_labels(preds, labels.assign(other=1), "session_id")
+
+
+def test_retrain_window_is_a_policy_setting():
+    from include.drift import DriftPolicy
+
+    assert DriftPolicy.from_dict({}).retrain_window_days == 0
+    assert DriftPolicy.from_dict({"retrain_window_days": 3}).retrain_window_days == 3
+    assert DriftPolicy.load("sessions").retrain_window_days == 0

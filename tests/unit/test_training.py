@@ -242,3 +242,18 @@ def test_with_retry_retries_only_unreachable_errors():
     assert len(calls) == 3
     assert is_unreachable(MlflowException("(sqlite3.OperationalError) database is locked"))
     assert not is_unreachable(ValueError("bad input"))
+
+
+def test_select_window_keeps_the_newest_days_only():
+    from include.demo_data import make_batch
+    from include.spec import load_spec
+    from include.training import TrainingInputError, select_window
+
+    spec = load_spec("sessions")
+    df = pd.concat([make_batch(0, 100), make_batch(5, 100), make_batch(6, 100)], ignore_index=True)
+    assert len(select_window(df, spec, 0)) == 300  # off: every row
+    recent = select_window(df, spec, 2)
+    assert len(recent) == 200 and recent["ts"].min() >= pd.Timestamp("2026-01-05", tz="UTC")
+    no_ts = dataclasses.replace(spec, timestamp=None)
+    with pytest.raises(TrainingInputError, match="needs a timestamp"):
+        select_window(df, no_ts, 2)
