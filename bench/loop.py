@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 
 from include.config import PROJECT_ROOT
-from include.demo_data import make_batch, write_batch
+from include.demo_data import as_requests, make_batch, write_batch
 
 sys.path.insert(0, str(PROJECT_ROOT))  # the live-stack harness is shared with the e2e tests
 from tests.e2e.live import live_stack  # noqa: E402
@@ -39,7 +39,7 @@ def main() -> None:
     state = Path(tempfile.mkdtemp(prefix="bench-loop-"))
     with live_stack("embedded", state) as live:
         gateway = f"http://127.0.0.1:{live.env['MLOPS_SERVING_PORT']}"
-        row = make_batch(9, 1).drop(columns=["purchased", "ts"]).astype(object).iloc[0].to_dict()
+        row = as_requests(make_batch(9, 1))[0]
         t0 = time.time()
         write_batch(make_batch(0, args.rows), state / "landing" / "day000.csv")
         live.trigger("ingest")

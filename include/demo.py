@@ -85,16 +85,19 @@ def _demo_policies(s) -> Path:
     return policies_overlay(s.state_dir / "demo-policies", cooldown_hours=0, max_retrains_per_day=100)
 
 
-def _serve(url: str, batch, chunk: int = 50) -> dict:
+def serve_batch(url: str, batch, chunk: int = 50) -> dict[str, int]:
+    """POST a batch's sessions to ``url``/predict in chunks; rows answered per model version."""
     import httpx
 
-    rows = batch.drop(columns=["purchased", "ts"]).astype(object)
-    rows = rows.where(rows.notna(), None).to_dict(orient="records")
-    versions: dict = {}
+    from include.demo_data import as_requests
+
+    rows = as_requests(batch)
+    versions: dict[str, int] = {}
     with httpx.Client(timeout=30) as c:
         for i in range(0, len(rows), chunk):
             r = c.post(f"{url}/predict", json={"instances": rows[i:i + chunk]})
-            r.raise_for_status()
+            if r.status_code != 200:
+                raise RuntimeError(f"{url}/predict answered {r.status_code}: {r.text[:500]}")
             v = r.json()["model_version"]
             versions[v] = versions.get(v, 0) + len(rows[i:i + chunk])
     return versions
@@ -153,14 +156,14 @@ def main() -> int:
     from include.demo_data import make_batch, write_batch
 
     _step(f"serving: normal traffic through the gateway {s.gateway_url}")
-    print(f"served {_serve(s.gateway_url, make_batch(10, 600, seed=11))} rows per model version")
+    print(f"served {serve_batch(s.gateway_url, make_batch(10, 600, seed=11))} rows per model version")
     time.sleep(1.5)  # the prediction log flushes every 0.5 s
     _step("monitor_drift on normal traffic: expect no retrain")
     _run("monitor_drift", {"window_hours": 1})
 
     _step("the world changes: drifted sessions are served, their labels land as a new batch")
     drifted = make_batch(12, 8000, seed=11, covariate_drift=1.0, concept_drift=1.0)
-    print(f"served {_serve(s.gateway_url, drifted.head(2000))} rows per model version")
+    print(f"served {serve_batch(s.gateway_url, drifted.head(2000))} rows per model version")
     write_batch(drifted, Path(s.landing) / "sessions-day012-drifted.csv")
     _run("ingest")
     time.sleep(1.5)
@@ -182,7 +185,7 @@ def main() -> int:
         if candidate and candidate != _alias(s, "champion"):
             _step(f"deploy v{candidate}")
             _run("deploy", {"model": s.model_name, "version": candidate})
-        print(f"served {_serve(s.gateway_url, make_batch(13, 200, seed=11, covariate_drift=1.0))} "
+        print(f"served {serve_batch(s.gateway_url, make_batch(13, 200, seed=11, covariate_drift=1.0))} "
               "rows per model version after the retrain")
     _show_lineage(s)
     _summary(s)
@@ -193,11 +196,10 @@ def _show_lineage(s) -> None:
     """One served prediction traced back to its data, validation, code and decisions."""
     import httpx
 
-    from include.demo_data import make_batch
+    from include.demo_data import as_requests, make_batch
     from include.lineage import LineageError, trace_prediction
 
-    rows = make_batch(20, 1, seed=11).drop(columns=["purchased", "ts"]).astype(object)
-    r = httpx.post(f"{s.gateway_url}/predict", json={"instance": rows.where(rows.notna(), None).iloc[0].to_dict()},
+    r = httpx.post(f"{s.gateway_url}/predict", json={"instance": as_requests(make_batch(20, 1, seed=11))[0]},
                    timeout=30)
     if r.status_code != 200:
         return

@@ -80,6 +80,13 @@ def make_batch(
     )
 
 
+def as_requests(batch: pd.DataFrame) -> list[dict]:
+    """The batch's sessions as /predict instances: features and key, no label or timestamp,
+    missing values as JSON null."""
+    rows = batch.drop(columns=["purchased", "ts"]).astype(object)
+    return rows.where(rows.notna(), None).to_dict(orient="records")
+
+
 def write_batch(df: pd.DataFrame, path: Path) -> Path:
     """Write a batch as the landing zone expects it: CSV (gzip when the name ends in .gz)."""
     path = Path(path)

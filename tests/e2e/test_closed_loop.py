@@ -12,9 +12,9 @@ import os
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 
+from include.demo import serve_batch
 from include.demo_data import make_batch, write_batch
 from tests.services import serving_env
 
@@ -68,17 +68,9 @@ def _candidate_version() -> str:
     return str(max(int(v.version) for v in versions))
 
 
-def _serve(gateway: str, batch, chunk: int = 50) -> set[str]:
+def _serve(gateway: str, batch) -> set[str]:
     """Send a batch's sessions (with their keys, without labels) through the gateway."""
-    rows = batch.drop(columns=["purchased", "ts"]).astype(object)
-    rows = rows.where(rows.notna(), None).to_dict(orient="records")
-    versions = set()
-    with httpx.Client(timeout=30) as c:
-        for i in range(0, len(rows), chunk):
-            r = c.post(f"{gateway}/predict", json={"instances": rows[i:i + chunk]})
-            assert r.status_code == 200, r.text
-            versions.add(r.json()["model_version"])
-    return versions
+    return set(serve_batch(gateway, batch))
 
 
 def test_drift_closes_the_loop(loop_env):

@@ -44,18 +44,9 @@ def test_landing_a_batch_runs_ingest_then_train_by_asset(live_airflow):
 
 
 def _serve(live, batch) -> set[str]:
-    import httpx
+    from include.demo import serve_batch
 
-    rows = batch.drop(columns=["purchased", "ts"]).astype(object)
-    rows = rows.where(rows.notna(), None).to_dict(orient="records")
-    url = f"http://127.0.0.1:{live.env['MLOPS_SERVING_PORT']}/predict"
-    versions = set()
-    with httpx.Client(timeout=30) as c:
-        for i in range(0, len(rows), 50):
-            r = c.post(url, json={"instances": rows[i:i + 50]})
-            assert r.status_code == 200, r.text
-            versions.add(r.json()["model_version"])
-    return versions
+    return set(serve_batch(f"http://127.0.0.1:{live.env['MLOPS_SERVING_PORT']}", batch))
 
 
 def test_drifted_traffic_triggers_retraining(live_airflow):

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from include.demo_data import make_batch
+from include.demo_data import as_requests, make_batch
 from tests.services import serving_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -76,8 +76,7 @@ def _champion() -> str | None:
 
 
 def _row() -> dict:
-    row = make_batch(7, 1).drop(columns=["purchased", "ts"]).iloc[0].to_dict()
-    return {k: (None if isinstance(v, float) and v != v else v) for k, v in row.items()}
+    return as_requests(make_batch(7, 1))[0]
 
 
 def _predict(gateway: str) -> dict:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from include.demo_data import make_batch, write_batch
+from include.demo_data import as_requests, make_batch, write_batch
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -36,8 +36,7 @@ def test_prediction_traces_back_to_data_validation_and_code(state):
 
     app = create_app(model["model"], model["version"], spec=spec, predictions_dir=state.predictions_dir,
                      log_flush_seconds=0.2)
-    rows = make_batch(5, 1).drop(columns=["purchased", "ts"]).astype(object)
-    row = rows.where(rows.notna(), None).iloc[0].to_dict()
+    row = as_requests(make_batch(5, 1))[0]
     with TestClient(app) as client:
         deadline = time.time() + 120
         while client.get("/ready").status_code != 200 and time.time() < deadline:
