@@ -56,9 +56,9 @@ def deploy():
     def resolve_candidate(params=None, triggering_asset_events=None) -> dict:
         from airflow.sdk.exceptions import AirflowSkipException
 
+        from include.assets import newest_asset_extra
         from include.config import settings
         from include.deployment import already_deployed
-        from include.train_inputs import newest_asset_extra
 
         event = newest_asset_extra(triggering_asset_events, "model_candidate") or {}
         model = params["model"] or event.get("model") or settings().model_name

@@ -22,14 +22,19 @@ def _env(name: str, default: str) -> str:
     return value or default
 
 
-def _env_int(name: str, default: int) -> int:
+def env_number(name: str, default, cast=int):
+    """A numeric setting from the environment (unset or blank: ``default``), with a clear error."""
     raw = os.environ.get(name, "").strip()
     if not raw:
         return default
     try:
-        return int(raw)
+        return cast(raw)
     except ValueError as err:
-        raise ValueError(f"{name} must be an integer, got {raw!r}") from err
+        raise ValueError(f"{name} must be a{'n integer' if cast is int else ' number'}, got {raw!r}") from err
+
+
+def _env_int(name: str, default: int) -> int:
+    return env_number(name, default, int)
 
 
 @dataclass(frozen=True)

@@ -9,18 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-
-def newest_asset_extra(triggering_asset_events: Any, asset_name: str = "dataset") -> dict | None:
-    """The ``extra`` of the newest triggering event of the asset, or None (manual/API runs)."""
-    if not triggering_asset_events:
-        return None
-    for asset, events in dict(triggering_asset_events).items():
-        # Keys are asset names or AssetUniqueKey-like objects depending on the Airflow code path.
-        name = getattr(asset, "name", None) or str(asset)
-        if events and (name == asset_name or str(asset).startswith(f"mlops://{asset_name}")):
-            newest = max(events, key=lambda e: e.timestamp)
-            return dict(newest.extra or {})
-    return None
+from include.assets import newest_asset_extra
 
 
 def resolve(params: dict, triggering_asset_events: Any = None) -> dict:

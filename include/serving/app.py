@@ -856,16 +856,6 @@ def create_app(
 # ------------------------------------------------------------------------------------- env entry
 
 
-def _env_num(name: str, default: float, cast=int):
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        return cast(raw)
-    except ValueError as err:
-        raise ValueError(f"{name} must be a number, got {raw!r}") from err
-
-
 def create_app_from_env() -> FastAPI:
     """The app configured by the environment (what the container and ``python -m include.serving`` run).
 
@@ -875,7 +865,7 @@ def create_app_from_env() -> FastAPI:
     MLOPS_SERVING_MAX_BODY_BYTES (8 MiB), MLOPS_SERVING_BATCH_ROWS (64), MLOPS_SERVING_BATCH_WAIT_MS (2),
     MLOPS_PREDLOG_FLUSH_ROWS (1000), MLOPS_PREDLOG_FLUSH_SECONDS (5), MLOPS_SERVING_MODEL_THREADS (1).
     """
-    from include.config import settings
+    from include.config import env_number, settings
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
@@ -889,13 +879,13 @@ def create_app_from_env() -> FastAPI:
         spec=os.environ.get("MLOPS_DATASET", "").strip() or "sessions",
         predictions_dir=s.predictions_dir,
         admin_token=os.environ.get("MLOPS_ADMIN_TOKEN", "").strip() or None,
-        max_rows=_env_num("MLOPS_SERVING_MAX_ROWS", 1000),
-        max_body_bytes=_env_num("MLOPS_SERVING_MAX_BODY_BYTES", 8 * 1024 * 1024),
-        batch_rows=_env_num("MLOPS_SERVING_BATCH_ROWS", 64),
-        batch_wait_ms=_env_num("MLOPS_SERVING_BATCH_WAIT_MS", 2.0, float),
-        log_flush_rows=_env_num("MLOPS_PREDLOG_FLUSH_ROWS", 1000),
-        log_flush_seconds=_env_num("MLOPS_PREDLOG_FLUSH_SECONDS", 5.0, float),
-        model_threads=_env_num("MLOPS_SERVING_MODEL_THREADS", 1),
+        max_rows=env_number("MLOPS_SERVING_MAX_ROWS", 1000),
+        max_body_bytes=env_number("MLOPS_SERVING_MAX_BODY_BYTES", 8 * 1024 * 1024),
+        batch_rows=env_number("MLOPS_SERVING_BATCH_ROWS", 64),
+        batch_wait_ms=env_number("MLOPS_SERVING_BATCH_WAIT_MS", 2.0, float),
+        log_flush_rows=env_number("MLOPS_PREDLOG_FLUSH_ROWS", 1000),
+        log_flush_seconds=env_number("MLOPS_PREDLOG_FLUSH_SECONDS", 5.0, float),
+        model_threads=env_number("MLOPS_SERVING_MODEL_THREADS", 1),
     )
 
 
