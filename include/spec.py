@@ -8,6 +8,7 @@ Format (see ``include/specs/sessions.yaml``)::
     target: purchased
     task: classification       # or regression
     slices: [device]           # categorical columns the gate checks for per-slice regressions
+    model_name: sessions_purchase  # optional: its own registered model; default "<name>_model"
     columns:
       device: {dtype: category, values: [mobile, desktop], nullable: false}
       pages_viewed: {dtype: int, min: 1, max: 500}
@@ -18,11 +19,15 @@ unless they say ``nullable: true``.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 DTYPES = ("int", "float", "category", "string", "datetime")
 TASKS = ("classification", "regression")
+# Narrower than what MLflow accepts: the name also appears in serving routes
+# (/models/<model_name>/predict) and file names, where these characters need no escaping.
+MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,255}$")
 
 
 class SpecError(ValueError):
@@ -54,6 +59,13 @@ class DatasetSpec:
     slices: tuple[str, ...] = ()
     description: str = ""
     path: Path | None = field(default=None, compare=False)
+    # None: "<name>_model" (see the model_name property); set when the spec names its model
+    registered_model: str | None = None
+
+    @property
+    def model_name(self) -> str:
+        """The dataset's own registered model in MLflow."""
+        return self.registered_model or default_model_name(self.name)
 
     @property
     def column_names(self) -> list[str]:
@@ -78,6 +90,10 @@ class DatasetSpec:
     @property
     def categorical_features(self) -> list[str]:
         return [c.name for c in self.feature_columns if c.dtype in ("category", "string")]
+
+
+def default_model_name(dataset: str) -> str:
+    return f"{dataset}_model"
 
 
 def parse_spec(raw: dict, *, path: Path | None = None) -> DatasetSpec:
@@ -113,6 +129,10 @@ def parse_spec(raw: dict, *, path: Path | None = None) -> DatasetSpec:
     for s in raw.get("slices") or []:
         if s not in names:
             raise SpecError(f"{where}: slice column {s!r} is not among the columns")
+    model_name = raw.get("model_name")
+    if model_name is not None and not (isinstance(model_name, str) and MODEL_NAME_RE.match(model_name)):
+        raise SpecError(f"{where}: model_name {model_name!r} must be letters, digits, '_', '-' or '.' "
+                        "(starting with a letter or digit, at most 256 characters)")
     return DatasetSpec(
         name=str(raw["name"]),
         columns=tuple(columns),
@@ -123,6 +143,7 @@ def parse_spec(raw: dict, *, path: Path | None = None) -> DatasetSpec:
         slices=tuple(raw.get("slices") or ()),
         description=raw.get("description", ""),
         path=path,
+        registered_model=model_name,
     )
 
 

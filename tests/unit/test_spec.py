@@ -111,3 +111,15 @@ def test_sessions_spec_feature_lists():
     assert spec.column("device").values == ("mobile", "desktop", "tablet")
     assert spec.column("pages_viewed").min == 1 and spec.column("pages_viewed").max == 500
     assert spec.path is not None and spec.path.name == "sessions.yaml"
+
+
+def test_model_name_defaults_to_the_dataset_and_the_demo_keeps_its_own():
+    assert parse_spec(_raw()).model_name == "toy_model"
+    assert parse_spec(_raw(model_name="toy-clf.v2")).model_name == "toy-clf.v2"
+    assert load_spec("sessions").model_name == "sessions_purchase"
+
+
+@pytest.mark.parametrize("bad", ["has space", "a/b", "", "-lead", 42, "x" * 300])
+def test_model_name_must_be_a_plain_registry_name(bad):
+    with pytest.raises(SpecError, match="model_name"):
+        parse_spec(_raw(model_name=bad))
