@@ -41,7 +41,7 @@ def main() -> None:
         gateway = f"http://127.0.0.1:{live.env['MLOPS_SERVING_PORT']}"
         row = as_requests(make_batch(9, 1))[0]
         t0 = time.time()
-        write_batch(make_batch(0, args.rows), state / "landing" / "day000.csv")
+        write_batch(make_batch(0, args.rows), state / "landing" / "sessions" / "day000.csv")
         live.trigger("ingest")
         served_at = None
         while time.time() - t0 < 600:

@@ -1,19 +1,23 @@
 """
 ### ingest: validate landed batches with Great Expectations, version them with DVC
 
-`find_batches` ─► `validate` (one mapped task per batch) ─► `commit` ─► `report`
+`find_batches` ─► `validate` (one mapped task per batch) ─► `by_dataset` ─► `commit` (one per dataset) ─► `report`
+
+Every dataset has its own landing prefix: `<landing>/<dataset>/` (a directory or an S3 prefix;
+`<dataset>` is a spec name in `include/specs/`). The scheduled run takes every dataset's new files.
 
 * **validate**: reads the batch safely (size/row limits, encoding, delimiter, header) and runs the
-  GX suite generated from the dataset spec. A bad batch is moved to the quarantine directory with
+  GX suite generated from its dataset's spec. A bad batch is moved to the quarantine directory with
   `report.json` + `report.md`, and its task fails with a message naming the batch and the first
   failures. Nothing downstream changes.
-* **commit**: `dvc add` + git commit + `dvc push` for each good batch (under a lock: DVC operations
-  never overlap), then emits the `dataset` Asset with extra `{dvc_rev, md5, rows, validation_id}`,
-  which schedules `train`. A batch that is already in the dataset is a no-op and emits nothing.
+* **commit**: per dataset, `dvc add` + git commit + `dvc push` for each good batch (under a lock:
+  DVC operations never overlap), then emits the `dataset` Asset with extra
+  `{dataset, dvc_rev, md5, rows, validation_id}`, which schedules `train`. A batch that is already
+  in the dataset is a no-op.
 * **report**: fails the run if any batch was quarantined, listing where its report is.
 
-Run it by dropping CSV files into the landing zone (`MLOPS_LANDING`, default `state/landing`),
-or trigger it from the UI with a glob, a dataset name and **dry run** (validate only).
+Run it by dropping CSV files into `MLOPS_LANDING/<dataset>/` (default `state/landing/<dataset>/`),
+or trigger it from the UI with a glob, a dataset and **dry run** (validate only).
 """
 
 from __future__ import annotations
@@ -22,6 +26,9 @@ import pendulum
 from airflow.sdk import Metadata, Param, dag, task
 
 from include.assets import DATASET
+from include.catalog import dataset_names
+
+DATASETS = dataset_names()
 
 
 @dag(
@@ -34,66 +41,85 @@ from include.assets import DATASET
     tags=["mlops", "ingest"],
     default_args={"owner": "mlops", "retries": 2, "retry_delay": pendulum.duration(seconds=10)},
     params={
-        "batch_glob": Param("*.csv*", type="string", title="Batch file glob",
-                            description="Which files in the landing zone to ingest (e.g. `day-003.csv`)."),
-        "dataset": Param("sessions", type="string", title="Dataset",
-                         description="Name of the dataset spec in include/specs/ the batches follow."),
+        "batch_glob": Param("*.csv*", type="string", minLength=1, title="Batch file glob",
+                            description="Which files in each dataset's landing prefix to ingest (e.g. `day-003.csv`)."),
+        "dataset": Param(None, type=["null", "string"], enum=[None, *DATASETS], title="Dataset",
+                         values_display={"None": "(every dataset)", **{d: d for d in DATASETS}},
+                         description="Only this dataset's landing prefix (<landing>/<dataset>/). Empty: every dataset."),
         "dry_run": Param(False, type="boolean", title="Dry run",
                          description="Validate only: quarantine bad batches but commit nothing."),
     },
 )
 def ingest():
-    @task
-    def find_batches(params=None) -> list[str]:
-        from include.ingestion import list_landed
+    @task(multiple_outputs=False)
+    def find_batches(params=None) -> list[dict]:
+        from include.catalog import dataset_names
+        from include.ingestion import list_landed, stray_landed
 
-        batches = list_landed(params["batch_glob"])
-        print(f"{len(batches)} batch(es) waiting: {batches}")
+        datasets = [params["dataset"]] if params["dataset"] else dataset_names()
+        batches = [{"dataset": d, "ref": ref} for d in datasets for ref in list_landed(d, params["batch_glob"])]
+        stray = stray_landed(dataset_names())
+        if stray:
+            print(f"WARNING: {len(stray)} file(s) in the landing zone belong to no dataset and are not ingested "
+                  f"(put them under <landing>/<dataset>/): {stray[:10]}")
+        print(f"{len(batches)} batch(es) waiting: {[b['dataset'] + ': ' + b['ref'] for b in batches]}")
         return batches
 
-    @task(map_index_template="{{ batch_name }}")
-    def validate(batch_ref: str, params=None) -> dict:
+    @task(multiple_outputs=False, map_index_template="{{ batch_name }}")
+    def validate(batch: dict) -> dict:
         from airflow.sdk import get_current_context
         from airflow.sdk.exceptions import AirflowFailException
 
+        from include.failfast import fail_fast
         from include.ingestion import validate_landed
-
-        get_current_context()["batch_name"] = batch_ref.rsplit("/", 1)[-1]
         from include.validation import BatchRejected
 
+        get_current_context()["batch_name"] = f"{batch['dataset']}/{batch['ref'].rsplit('/', 1)[-1]}"
         try:
-            return validate_landed(batch_ref, params["dataset"])
+            with fail_fast():
+                return {**validate_landed(batch["ref"], batch["dataset"]), "dataset": batch["dataset"]}
         except BatchRejected as err:
             # AirflowFailException skips the retries: retrying cannot make a rejected batch valid.
             raise AirflowFailException(f"{err} (quarantined at {err.quarantine_path})") from err
 
-    @task(outlets=[DATASET], trigger_rule="all_done")
-    def commit(validated: list[dict], params=None):
+    @task(multiple_outputs=False, trigger_rule="all_done")
+    def by_dataset(validated: list[dict], params=None) -> list[dict]:
         from airflow.sdk.exceptions import AirflowSkipException
-
-        from include.ingestion import commit_validated
 
         good = [v for v in validated if v]
         if params["dry_run"] or not good:
             raise AirflowSkipException("dry run: nothing committed" if good else "no valid batch to commit")
-        extra = commit_validated(good, params["dataset"])
+        groups: dict[str, list[dict]] = {}
+        for v in good:
+            groups.setdefault(v["dataset"], []).append(v)
+        return [{"dataset": d, "batches": b} for d, b in groups.items()]
+
+    @task(outlets=[DATASET], map_index_template="{{ dataset }}")
+    def commit(group: dict):
+        from airflow.sdk import get_current_context
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        from include.ingestion import commit_validated
+
+        get_current_context()["dataset"] = group["dataset"]
+        extra = commit_validated(group["batches"], group["dataset"])
         if extra is None:
-            raise AirflowSkipException("every batch was already in the dataset: nothing new")
+            raise AirflowSkipException(f"every {group['dataset']} batch was already in the dataset: nothing new")
         print(f"dataset {extra['dataset']} is now at {extra['dvc_rev'][:10]}: {extra}")
         yield Metadata(DATASET, extra)
 
     @task(trigger_rule="all_done")
-    def report(batches: list[str], validated: list[dict]) -> None:
+    def report(batches: list[dict], validated: list[dict]) -> None:
         from airflow.sdk.exceptions import AirflowFailException
 
         passed = {v["batch"] for v in validated if v}
-        rejected = [b for b in batches if b not in passed]
+        rejected = [b["ref"] for b in batches if b["ref"] not in passed]
         if rejected:
             raise AirflowFailException(f"{len(rejected)} batch(es) quarantined: {rejected}")
 
     batches = find_batches()
-    validated = validate.expand(batch_ref=batches)
-    commit(validated) >> report(batches, validated)
+    validated = validate.expand(batch=batches)
+    commit.expand(group=by_dataset(validated)) >> report(batches, validated)
 
 
 ingest()

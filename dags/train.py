@@ -1,21 +1,24 @@
 """
 ### train: fit a challenger on an exact DVC revision, track it in MLflow, gate it against the champion
 
-`resolve_data` ─► `fit` ─► `gate`
+`resolve_data` ─► `fit` ─► `gate` (one mapped `fit` + `gate` per dataset)
 
 Runs three ways, all with the same Params/conf:
-* **scheduled** on the `dataset` Asset: new data from `ingest` trains on the event's `dvc_rev`;
+* **scheduled** on the `dataset` Asset: every dataset with a new revision from `ingest` trains on
+  that revision (two datasets ingested together train side by side, each into its own model);
 * **manually** from the UI trigger form below (dataset, data revision, model family, ...);
-* **by API / drift**: `POST /api/v2/dags/train/dagRuns` with conf `{reason, data_rev, ...}`
+* **by API / drift**: `POST /api/v2/dags/train/dagRuns` with conf `{dataset, reason, data_rev, ...}`
   (the `retrain` CLI and `monitor_drift` do this).
 
 `fit` pulls exactly the recorded revision, splits deterministically, fits a scikit-learn Pipeline
-built from the dataset spec, logs params/metrics/plots/model to MLflow and registers one model
-version with lineage tags (data rev + md5, validation id, code sha, DAG run, reason). A retry never
-registers a second version. `gate` re-scores the champion on the challenger's holdout and applies
-the promotion policy (minimums, regressions, per-slice, paired bootstrap significance). Passed:
-alias `challenger` + `model_candidate` Asset (which schedules `deploy`). Rejected: the version is
-tagged with the reasons and the run still succeeds (the gate task is skipped).
+built from the dataset spec, logs params/metrics/plots/model to MLflow and registers one version of
+the dataset's own registered model (the spec's `model_name`) with lineage tags (data rev + md5,
+validation id, code sha, DAG run, reason). A retry never registers a second version. `gate`
+re-scores that model's champion on the challenger's holdout and applies the dataset's promotion
+policy (minimums, regressions, per-slice, paired bootstrap significance). Passed: alias
+`challenger` + `model_candidate` Asset (which schedules `deploy`). Rejected: the version is tagged
+with the reasons and the run still succeeds (the gate task is skipped). A bad spec, a missing data
+revision or an unusable family fails at once (no retries) with the cause.
 """
 
 from __future__ import annotations
@@ -24,6 +27,9 @@ import pendulum
 from airflow.sdk import Metadata, Param, dag, task
 
 from include.assets import DATASET, MODEL_CANDIDATE
+from include.catalog import dataset_names
+
+DATASETS = dataset_names()
 
 
 @dag(
@@ -39,12 +45,18 @@ from include.assets import DATASET, MODEL_CANDIDATE
         "retry_exponential_backoff": True,
     },
     params={
-        "dataset": Param("sessions", type="string", title="Dataset",
-                         description="Dataset spec name (include/specs/<name>.yaml)."),
+        "dataset": Param(None, type=["null", "string"], enum=[None, *DATASETS], title="Dataset",
+                         values_display={"None": "(from the triggering event / the only dataset)",
+                                         **{d: d for d in DATASETS}},
+                         description="Dataset spec name (include/specs/<name>.yaml). Empty: every dataset "
+                                     "with a new revision in the triggering events, else the only dataset."),
         "data_rev": Param("latest", type="string", title="Data revision",
                           description="Data-repo git sha to train on; `latest` = newest (or the triggering Asset's rev)."),
-        "family": Param("hgb", type="string", enum=["hgb", "logreg"], title="Model family",
-                        description="`hgb`: histogram gradient-boosted trees; `logreg`: logistic regression."),
+        "family": Param("hgb", type="string", enum=["hgb", "logreg", "ridge"], title="Model family",
+                        values_display={"hgb": "hgb: gradient-boosted trees (any task)",
+                                        "logreg": "logreg: logistic regression (classification)",
+                                        "ridge": "ridge: ridge regression (regression)"},
+                        description="Estimator family; `logreg` needs a classification dataset, `ridge` a regression one."),
         "hyperparams": Param({}, type="object", title="Hyperparameters",
                              description="Estimator keyword arguments, e.g. {\"max_iter\": 200}."),
         "search": Param(False, type="boolean", title="Hyperparameter search",
@@ -58,64 +70,83 @@ from include.assets import DATASET, MODEL_CANDIDATE
                         description="Why this retrain: recorded on the model version's lineage tags."),
         "override_approve": Param(False, type="boolean", title="Override gate: approve",
                                   description="Force the gate to pass. Requires a justification."),
-        "override_justification": Param("", type="string", title="Override justification",
-                                        description="Required when overriding the gate; goes into the audit log."),
+        "override_justification": Param(None, type=["null", "string"], title="Override justification",
+                                        description="Required only when overriding the gate; goes into the audit log."),
     },
 )
 def train():
-    @task
-    def resolve_data(params=None, triggering_asset_events=None) -> dict:
+    @task(multiple_outputs=False)
+    def resolve_data(params=None, triggering_asset_events=None) -> list[dict]:
+        from include.failfast import fail_fast
         from include.train_inputs import resolve
 
-        lineage = resolve(params, triggering_asset_events)
-        print(f"training on {lineage['dataset']} @ {lineage['data_rev'][:10]} ({lineage['rows']} rows, "
-              f"from {lineage['rev_source']})")
-        return lineage
+        with fail_fast():
+            if params["override_approve"] and not (params["override_justification"] or "").strip():
+                from include.spec import SpecError
 
-    @task
+                raise SpecError("overriding the gate needs a justification (override_justification)")
+            lineages = resolve(params, triggering_asset_events)
+        for lineage in lineages:
+            print(f"training {lineage['dataset']} @ {lineage['data_rev'][:10]} ({lineage['rows']} rows, "
+                  f"from {lineage['rev_source']})")
+        return lineages
+
+    @task(multiple_outputs=False, map_index_template="{{ dataset }}")
     def fit(lineage: dict, params=None, dag_run=None) -> dict:
+        from airflow.sdk import get_current_context
+
+        from include.failfast import fail_fast
         from include.spec import load_spec
         from include.training import select_window, train_and_register
         from include.versioning import DataRepo
 
-        spec = load_spec(lineage["dataset"])
-        df = select_window(DataRepo().load(lineage["dataset"], lineage["data_rev"], spec), spec,
-                           params["window_days"])
+        get_current_context()["dataset"] = lineage["dataset"]  # names the mapped task in the UI
         conf = dag_run.conf or {}
         # a drift-triggered run says why: the drifted features and the report land on the version's tags
         trigger = {f"trigger_{k}": ",".join(v) if isinstance(v, list) else v for k, v in conf.items()
                    if k in ("drifted_features", "report_uri", "monitoring_run_id", "model_version", "trigger")}
-        return train_and_register(
-            df, spec, lineage={**lineage, **trigger, "dag_run_id": dag_run.run_id,
-                               "selection_window_days": params["window_days"] or None},
-            family=params["family"], params=params["hyperparams"], search=params["search"],
-            seed=params["seed"], reason=params["reason"], run_key=f"train/{dag_run.run_id}",
-        )
+        with fail_fast():
+            spec = load_spec(lineage["dataset"])
+            df = select_window(DataRepo().load(lineage["dataset"], lineage["data_rev"], spec), spec,
+                               params["window_days"])
+            model = train_and_register(
+                df, spec, lineage={**lineage, **trigger, "dag_run_id": dag_run.run_id,
+                                   "selection_window_days": params["window_days"] or None},
+                family=params["family"], params=params["hyperparams"], search=params["search"],
+                seed=params["seed"], reason=params["reason"],
+                run_key=f"train/{dag_run.run_id}/{lineage['dataset']}",
+            )
+        return {**model, "dataset": lineage["dataset"]}
 
-    @task(outlets=[MODEL_CANDIDATE])
+    @task(outlets=[MODEL_CANDIDATE], map_index_template="{{ dataset }}")
     def gate(model: dict, params=None, dag_run=None):
+        from airflow.sdk import get_current_context
         from airflow.sdk.exceptions import AirflowSkipException
 
+        from include.failfast import fail_fast
         from include.gate import evaluate_and_decide
 
+        get_current_context()["dataset"] = model["dataset"]
         override = None
         if params["override_approve"]:
             override = {"approve": True, "justification": params["override_justification"],
-                        "by": f"dag_run {dag_run.run_id}"}
-        decision = evaluate_and_decide(
-            model["model"], model["version"], dataset=params["dataset"],
-            trigger={"dag_run_id": dag_run.run_id, "run_type": str(dag_run.run_type),
-                     "reason": (dag_run.conf or {}).get("reason", params["reason"])},
-            override=override,
-        )
+                        "by": getattr(dag_run, "triggering_user_name", None) or f"dag_run {dag_run.run_id}"}
+        # scoring the champion on this holdout is deterministic: a schema mismatch (ValueError) stays one
+        with fail_fast(ValueError):
+            decision = evaluate_and_decide(
+                model["model"], model["version"], dataset=model["dataset"],
+                trigger={"dag_run_id": dag_run.run_id, "run_type": str(dag_run.run_type),
+                         "reason": params["reason"]},
+                override=override,
+            )
         print(f"gate decision for {model['model']} v{model['version']}: {decision['decision']} "
               f"{decision.get('reasons') or ''}")
         if decision["decision"] != "passed":
             raise AirflowSkipException(f"rejected: {decision.get('reasons')}")
-        yield Metadata(MODEL_CANDIDATE, {"model": model["model"], "version": str(model["version"]),
-                                         "run_id": model["run_id"]})
+        yield Metadata(MODEL_CANDIDATE, {"dataset": model["dataset"], "model": model["model"],
+                                         "version": str(model["version"]), "run_id": model["run_id"]})
 
-    gate(fit(resolve_data()))
+    gate.expand(model=fit.expand(lineage=resolve_data()))
 
 
 train()

@@ -6,22 +6,34 @@ from typing import Any
 
 from airflow.sdk import Asset
 
-# Emitted by `ingest` with extra {dataset, dvc_rev, md5, rows, validation_id}; schedules `train`.
+# Emitted by `ingest`, one event per new dataset revision: extra {dataset, dvc_rev, md5, rows, validation_id}.
 DATASET = Asset(name="dataset", uri="mlops://dataset", group="mlops")
-# Emitted by `train` when a version passes the gate: extra {model, version, run_id}; schedules `deploy`.
+# Emitted by `train` when a version passes the gate: extra {dataset, model, version, run_id}; schedules `deploy`.
 MODEL_CANDIDATE = Asset(name="model_candidate", uri="mlops://model_candidate", group="mlops")
-# Emitted by `deploy` after the switch: extra {model, version, endpoint}.
+# Emitted by `deploy` after the switch: extra {dataset, model, version, endpoint}.
 DEPLOYMENT = Asset(name="deployment", uri="mlops://deployment", group="mlops")
 
 
-def newest_asset_extra(triggering_asset_events: Any, asset_name: str = "dataset") -> dict | None:
-    """The ``extra`` of the newest triggering event of the asset, or None (manual/API runs)."""
+def asset_extras(triggering_asset_events: Any, asset: Asset) -> list[dict]:
+    """The ``extra`` of every triggering event of ``asset``, oldest first ([] for manual/API runs).
+
+    A run scheduled on an Asset may collect several events (two datasets ingested, two models
+    passing the gate) before the scheduler creates it; each one must be handled, not only the newest.
+    """
     if not triggering_asset_events:
-        return None
-    for asset, events in dict(triggering_asset_events).items():
-        # Keys are asset names or AssetUniqueKey-like objects depending on the Airflow code path.
-        name = getattr(asset, "name", None) or str(asset)
-        if events and (name == asset_name or str(asset).startswith(f"mlops://{asset_name}")):
-            newest = max(events, key=lambda e: e.timestamp)
-            return dict(newest.extra or {})
-    return None
+        return []
+    try:
+        events = triggering_asset_events[asset]
+    except KeyError:
+        return []
+    return [dict(e.extra or {}) for e in sorted(events, key=lambda e: e.timestamp)]
+
+
+def newest_per(extras: list[dict], key: str) -> list[dict]:
+    """The newest extra for each value of ``key`` (e.g. one dataset revision per dataset), in order."""
+    newest: dict[str, dict] = {}
+    for extra in extras:
+        if extra.get(key):
+            newest.pop(extra[key], None)
+            newest[extra[key]] = extra
+    return list(newest.values())

@@ -95,8 +95,9 @@ def retrain_main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="retrain", description="Trigger the train DAG through the Airflow REST API.")
     ap.add_argument("--reason", required=True, help="why: recorded on the model version's lineage tags")
     ap.add_argument("--data-rev", default="latest", help="data-repo sha to train on (default: latest)")
-    ap.add_argument("--dataset", default="sessions")
-    ap.add_argument("--family", choices=["hgb", "logreg"], default=None)
+    ap.add_argument("--dataset", default=None,
+                    help="dataset spec to retrain (required when there are several; default: the only one)")
+    ap.add_argument("--family", choices=["hgb", "logreg", "ridge"], default=None)
     ap.add_argument("--param", action="append", type=_param, default=[], metavar="KEY=VALUE",
                     help="estimator hyperparameter (repeatable), e.g. --param max_iter=200")
     ap.add_argument("--wait", action="store_true", help="wait for the run, printing task progress")
@@ -104,7 +105,15 @@ def retrain_main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     import httpx
 
-    conf: dict = {"reason": args.reason, "data_rev": args.data_rev, "dataset": args.dataset}
+    from include.catalog import single_dataset_or_fail
+    from include.spec import SpecError
+
+    try:
+        dataset = args.dataset or single_dataset_or_fail("retrain")
+    except SpecError as err:
+        print(f"retrain: {err}", file=sys.stderr)
+        return 2
+    conf: dict = {"reason": args.reason, "data_rev": args.data_rev, "dataset": dataset}
     if args.family:
         conf["family"] = args.family
     if args.param:

@@ -45,7 +45,6 @@ class Settings:
     mlflow_tracking_uri: str
     mlflow_artifact_root: str
     mlflow_registry_uri: str
-    model_name: str
     data_repo: Path
     dvc_remote: str
     landing: str
@@ -87,7 +86,6 @@ def settings() -> Settings:
         mlflow_tracking_uri=mlflow_uri,
         mlflow_artifact_root=_env("MLOPS_MLFLOW_ARTIFACT_ROOT", (state / "mlflow" / "artifacts").as_uri()),
         mlflow_registry_uri=_env("MLFLOW_REGISTRY_URI", mlflow_uri),
-        model_name=_env("MLOPS_MODEL_NAME", "sessions_purchase"),
         data_repo=Path(_env("MLOPS_DATA_REPO", str(state / "data-repo"))),
         dvc_remote=_env("MLOPS_DVC_REMOTE", str(state / "dvc-remote")),
         landing=_env("MLOPS_LANDING", str(state / "landing")),

@@ -39,11 +39,21 @@ def _migrate() -> None:
     subprocess.run([airflow, "db", "migrate"], check=True, capture_output=True)
 
 
+DEMO_DATASET = "sessions"
+
+
+def _model() -> str:
+    from include.catalog import model_for
+
+    return model_for(DEMO_DATASET)
+
+
 def land_demo_batches(days: range = range(2), n_rows: int = 2000, *, with_bad: bool = True) -> list[Path]:
     """Write the demo's daily batches (and one broken one) into the landing zone."""
     from include.demo_data import make_batch, write_batch
+    from include.ingestion import landing_prefix
 
-    landing = Path(settings().landing)
+    landing = Path(landing_prefix(DEMO_DATASET))
     paths = []
     for day in days:
         paths.append(write_batch(make_batch(day, n_rows), landing / f"sessions-day{day:03d}.csv"))
@@ -104,13 +114,10 @@ def serve_batch(url: str, batch, chunk: int = 50) -> dict[str, int]:
 
 
 def _alias(s, alias: str) -> str | None:
-    from include.tracking import client, configure_mlflow
+    from include.tracking import alias_version, configure_mlflow
 
     configure_mlflow()
-    try:
-        return str(client().get_model_version_by_alias(s.model_name, alias).version)
-    except Exception:  # noqa: BLE001 - no such alias yet
-        return None
+    return alias_version(_model(), alias)
 
 
 def main() -> int:
@@ -142,11 +149,11 @@ def main() -> int:
         print(f"quarantined: {q.parent}  (report: {q})")
 
     _step("train: fit on the exact DVC rev, log to MLflow, register, gate vs champion")
-    _run("train", {"reason": "demo", "family": "logreg"})
+    _run("train", {"dataset": DEMO_DATASET, "reason": "demo", "family": "logreg"})
     candidate = _alias(s, "challenger")
     if candidate and candidate != _alias(s, "champion"):
         _step(f"deploy v{candidate}: build, infra-validate, switch the gateway, promote")
-        _run("deploy", {"model": s.model_name, "version": candidate})
+        _run("deploy", {"model": _model(), "version": candidate})
     champion = _alias(s, "champion")
     if champion is None:
         print("no champion: nothing to serve (see the gate decision above)")
@@ -154,6 +161,7 @@ def main() -> int:
         return 1
 
     from include.demo_data import make_batch, write_batch
+    from include.ingestion import landing_prefix
 
     _step(f"serving: normal traffic through the gateway {s.gateway_url}")
     print(f"served {serve_batch(s.gateway_url, make_batch(10, 600, seed=11))} rows per model version")
@@ -164,7 +172,7 @@ def main() -> int:
     _step("the world changes: drifted sessions are served, their labels land as a new batch")
     drifted = make_batch(12, 8000, seed=11, covariate_drift=1.0, concept_drift=1.0)
     print(f"served {serve_batch(s.gateway_url, drifted.head(2000))} rows per model version")
-    write_batch(drifted, Path(s.landing) / "sessions-day012-drifted.csv")
+    write_batch(drifted, Path(landing_prefix(DEMO_DATASET)) / "sessions-day012-drifted.csv")
     _run("ingest")
     time.sleep(1.5)
     dr = _run("monitor_drift", {"window_hours": 1})
@@ -173,7 +181,7 @@ def main() -> int:
 
     with create_session() as session:
         triggered = session.query(DagRun).filter(DagRun.dag_id == "train",
-                                                 DagRun.run_id == f"drift__{dr.run_id}").one_or_none()
+                                                 DagRun.run_id == f"drift__{dr.run_id}__{DEMO_DATASET}").one_or_none()
         conf = dict(triggered.conf) if triggered is not None else None
     if conf is None:
         print("monitor_drift did not trigger a retrain (see its decision above)")
@@ -184,7 +192,7 @@ def main() -> int:
         candidate = _alias(s, "challenger")
         if candidate and candidate != _alias(s, "champion"):
             _step(f"deploy v{candidate}")
-            _run("deploy", {"model": s.model_name, "version": candidate})
+            _run("deploy", {"model": _model(), "version": candidate})
         print(f"served {serve_batch(s.gateway_url, make_batch(13, 200, seed=11, covariate_drift=1.0))} "
               "rows per model version after the retrain")
     _show_lineage(s)
@@ -231,14 +239,14 @@ def _summary(s) -> None:
     c = client()
     _step("summary")
     try:
-        versions = c.search_model_versions(f"name='{s.model_name}'")
+        versions = c.search_model_versions(f"name='{_model()}'")
     except Exception as err:  # noqa: BLE001 - a summary must not hide the run's own result
         print(f"no registered model yet ({err})")
         return
     for v in sorted(versions, key=lambda v: int(v.version)):
-        v = c.get_model_version(s.model_name, v.version)  # search results carry no aliases
+        v = c.get_model_version(_model(), v.version)  # search results carry no aliases
         tags = v.tags
-        print(f"{s.model_name} v{v.version}: gate={tags.get('gate_decision', '-')} "
+        print(f"{_model()} v{v.version}: gate={tags.get('gate_decision', '-')} "
               f"data_rev={tags.get('data_rev', '?')[:10]} family={tags.get('family', '?')} "
               f"reason={tags.get('reason', '?')} aliases={list(v.aliases)}")
     print(f"champion: v{_alias(s, 'champion')}, serving at {s.gateway_url}/predict "

@@ -123,7 +123,7 @@ class LocalBackend:
             stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=PROJECT_ROOT,
         )
         return {"backend": self.name, "id": str(proc.pid), "url": f"http://127.0.0.1:{port}",
-                "version": str(version), "port": port}
+                "model": model, "version": str(version), "port": port}
 
     def alive(self, instance: dict) -> bool:
         try:
@@ -228,7 +228,8 @@ class DockerBackend:
         )
         self.api.start(cid)
         url = f"http://127.0.0.1:{port}" if not self.s.docker_network else f"http://{name}:{port}"
-        return {"backend": self.name, "id": cid, "name": name, "url": url, "version": str(version), "port": port}
+        return {"backend": self.name, "id": cid, "name": name, "url": url, "model": model, "version": str(version),
+                "port": port}
 
     def alive(self, instance: dict) -> bool:
         try:
@@ -272,6 +273,12 @@ def backend_for(instance: dict, s: Settings | None = None):
 
 
 # ---------------------------------------------------------------------------------------- gateway
+
+
+def gateway_route(model: str, s: Settings | None = None) -> tuple[dict | None, dict | None]:
+    """(active, fallback) upstream records of ``model`` on the gateway; (None, None) if not routed."""
+    route = ((gateway_status(s) or {}).get("models") or {}).get(model) or {}
+    return route.get("active"), route.get("fallback")
 
 
 def gateway_status(s: Settings | None = None) -> dict | None:
@@ -380,8 +387,8 @@ def switch_traffic(model: str, version: str, dataset: str, image: str | None, ba
                    watch_s: float = 5.0) -> dict:
     """Start the new server, flip the gateway once it is ready, then watch it; undo on failure."""
     s = backend.s
-    status = ensure_gateway(s)
-    previous = status.get("active")
+    ensure_gateway(s)
+    previous, _ = gateway_route(model, s)
     instance = backend.start(image, model, version, dataset)
     try:
         wait_ready(instance["url"], alive=lambda: backend.alive(instance))
@@ -402,8 +409,7 @@ def switch_traffic(model: str, version: str, dataset: str, image: str | None, ba
 
 def _undo_switch(instance: dict, previous: dict | None, backend) -> None:
     s = backend.s
-    status = gateway_status(s) or {}
-    active = status.get("active") or {}
+    active = gateway_route(instance["model"], s)[0] or {}
     if previous and active.get("url") == instance["url"]:
         gateway_switch(previous, why=f"rollback from v{instance['version']}", s=s, require_ready=False)
     backend.stop(instance)
@@ -419,15 +425,12 @@ def audit(event: dict, s: Settings | None = None) -> None:
 
 def promote(model: str, version: str, switched: dict, *, trigger: dict, drain_s: float = 2.0) -> dict:
     """Move the champion alias to the now-serving version, record it, retire the old server."""
-    from include.tracking import client, configure_mlflow, with_retry
+    from include.tracking import alias_version, client, configure_mlflow, with_retry
 
     s = settings()
     configure_mlflow()
     c = client()
-    try:
-        old = c.get_model_version_by_alias(model, "champion").version
-    except Exception:  # noqa: BLE001 - first deployment
-        old = None
+    old = alias_version(model, "champion")
     with_retry(c.set_registered_model_alias, model, "champion", str(version))
     with_retry(c.set_model_version_tag, model, str(version), "deployed_at",
                time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
@@ -445,8 +448,8 @@ def promote(model: str, version: str, switched: dict, *, trigger: dict, drain_s:
 def rollback(model: str, version: str, *, reason: str) -> dict:
     """After a failed step: the gateway serves the old champion, the new server is gone."""
     s = settings()
-    status = gateway_status(s) or {}
-    active, fallback = status.get("active") or {}, status.get("fallback")
+    active, fallback = gateway_route(model, s)
+    active = active or {}
     restored = None
     if active.get("version") == str(version) and fallback:
         gateway_switch(fallback, why=f"rollback: {reason}", s=s, require_ready=False)
@@ -459,15 +462,13 @@ def rollback(model: str, version: str, *, reason: str) -> dict:
 
 def already_deployed(model: str, version: str) -> bool:
     """Idempotency: the version is champion AND the gateway serves it."""
-    from include.tracking import client, configure_mlflow
+    from include.tracking import alias_version, configure_mlflow
 
     configure_mlflow()
-    try:
-        champion = client().get_model_version_by_alias(model, "champion").version
-    except Exception:  # noqa: BLE001 - no champion yet
+    champion = alias_version(model, "champion")
+    if champion is None:
         return False
-    status = gateway_status() or {}
-    active = status.get("active") or {}
+    active = gateway_route(model)[0] or {}
     if str(champion) != str(version) or active.get("version") != str(version):
         return False
     try:
@@ -479,12 +480,13 @@ def already_deployed(model: str, version: str) -> bool:
 def stop_all(s: Settings | None = None) -> list[str]:
     """Stop the servers the gateway knows about and the gateway itself (`make stop`)."""
     s = s or settings()
-    status = gateway_status(s) or {}
+    routes = (gateway_status(s) or {}).get("models") or {}
     stopped = []
-    for inst in (status.get("active"), status.get("fallback")):
-        if inst:
-            backend_for(inst, s).stop(inst)
-            stopped.append(f"v{inst.get('version')} ({inst.get('backend')} {inst.get('url')})")
+    for model, route in routes.items():
+        for inst in (route.get("active"), route.get("fallback")):
+            if inst:
+                backend_for(inst, s).stop(inst)
+                stopped.append(f"{model} v{inst.get('version')} ({inst.get('backend')} {inst.get('url')})")
     stop_gateway(s)
     return stopped
 

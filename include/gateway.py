@@ -1,4 +1,8 @@
-"""The serving gateway: one stable endpoint in front of blue/green model servers.
+"""The serving gateway: one stable endpoint in front of blue/green model servers, per model.
+
+Every dataset's registered model has its own route, ``/models/<model>/...`` (``predict``,
+``schema``, ``info``, ...); the plain paths (``/predict``) reach the model when exactly one is
+deployed. Deploying or rolling back one model never touches another's route.
 
 Why a gateway (and not only a hot model swap inside one server): infra validation and the switch
 must be able to fail without touching what is serving. The new version runs in its own container
@@ -12,7 +16,7 @@ fallback:
 * a background health check probes the active upstream every ``interval`` seconds; after
   ``failures`` misses in a row it switches back to the fallback (automatic rollback) and records it.
 
-State (active + fallback upstream, history) is a JSON file, so the deploy task (another process)
+State (per model: active + fallback upstream; a shared history) is a JSON file, so the deploy task (another process)
 reads and changes it through the admin API, and a restarted gateway resumes where it was.
 
 Run: ``python -m include.gateway --port 8700`` (admin token: ``include.config.admin_token()``).
@@ -39,30 +43,48 @@ HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "te", "upgrade",
 
 
 class GatewayState:
+    """Per registered model: the active upstream and its fallback; one shared event history."""
+
     def __init__(self, path: Path):
         self.path = path
-        data = json.loads(path.read_text()) if path.exists() else {}
-        self.active: dict | None = data.get("active")
-        self.fallback: dict | None = data.get("fallback")
-        self.events: list[dict] = data.get("events", [])
+        self.models: dict[str, dict] = {}
+        self.events: list[dict] = []
+        try:
+            data = json.loads(path.read_text()) if path.exists() else {}
+            if not isinstance(data, dict):
+                raise ValueError(f"expected a JSON object, got {type(data).__name__}")
+        except (OSError, UnicodeDecodeError, ValueError) as err:
+            # a corrupt state file must not keep the edge down: start empty, the next deploy
+            # (or `python -m include.deployment recover`) re-registers what is running
+            log.warning("gateway: state file %s is unreadable (%s); starting with no routes", path, err)
+            data = {}
+            if self.path.exists():
+                self.path.replace(self.path.with_suffix(".corrupt"))  # kept for a post-mortem
+        if "active" in data and data.get("active"):  # the single-model format of earlier releases
+            data = {"models": {data["active"].get("model", "default"): data}, "events": data.get("events", [])}
+        for model, route in (data.get("models") or {}).items():
+            self.models[model] = {"active": route.get("active"), "fallback": route.get("fallback")}
+        self.events = data.get("events", [])
 
     def save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"active": self.active, "fallback": self.fallback,
-                                   "events": self.events[-200:]}, indent=2))
+        tmp.write_text(json.dumps({"models": self.models, "events": self.events[-200:]}, indent=2))
         tmp.replace(self.path)
 
-    def switch(self, upstream: dict, *, why: str) -> None:
-        previous = self.active
-        self.active, self.fallback = upstream, previous
-        self.events.append({"time": time.time(), "event": "switch", "why": why,
+    def route(self, model: str) -> dict:
+        return self.models.get(model) or {"active": None, "fallback": None}
+
+    def switch(self, model: str, upstream: dict, *, why: str) -> None:
+        previous = self.route(model)["active"]
+        self.models[model] = {"active": upstream, "fallback": previous}
+        self.events.append({"time": time.time(), "event": "switch", "model": model, "why": why,
                             "to": upstream, "from": previous})
         self.save()
-        log.warning("gateway: switched to %s (%s)", upstream, why)
+        log.warning("gateway: %s switched to %s (%s)", model, upstream, why)
 
     def view(self) -> dict:
-        return {"active": self.active, "fallback": self.fallback, "events": self.events[-20:]}
+        return {"models": self.models, "events": self.events[-20:]}
 
 
 def create_app(state_path: Path, *, admin_token: str | None, interval: float = 1.0, failures: int = 3):
@@ -80,20 +102,22 @@ def create_app(state_path: Path, *, admin_token: str | None, interval: float = 1
             return False
 
     async def health_loop():
-        misses = 0
+        misses: dict[str, int] = {}
         while True:
             await asyncio.sleep(interval)
-            if not state.active:
-                continue
-            if await probe(state.active):
-                misses = 0
-                continue
-            misses += 1
-            log.warning("gateway: active upstream %s failed health check (%d/%d)",
-                        state.active.get("url"), misses, failures)
-            if misses >= failures and state.fallback and await probe(state.fallback):
-                state.switch(state.fallback, why=f"auto-rollback: {state.active.get('version')} unhealthy")
-                misses = 0
+            for model, route in list(state.models.items()):
+                active, fallback = route["active"], route["fallback"]
+                if not active:
+                    continue
+                if await probe(active):
+                    misses[model] = 0
+                    continue
+                misses[model] = misses.get(model, 0) + 1
+                log.warning("gateway: %s upstream %s failed health check (%d/%d)",
+                            model, active.get("url"), misses[model], failures)
+                if misses[model] >= failures and fallback and await probe(fallback):
+                    state.switch(model, fallback, why=f"auto-rollback: v{active.get('version')} unhealthy")
+                    misses[model] = 0
 
     @asynccontextmanager
     async def lifespan(app):
@@ -118,21 +142,23 @@ def create_app(state_path: Path, *, admin_token: str | None, interval: float = 1
         body = await request.json()
         # the rest of the body (version, backend, instance id, ...) is kept as the upstream's record
         upstream = {k: v for k, v in body.items() if k not in ("why", "require_ready")}
-        if not isinstance(upstream.get("url"), str):
-            return JSONResponse({"detail": "body needs 'url' (and 'version', 'backend', 'id')"}, status_code=400)
+        if not isinstance(upstream.get("url"), str) or not isinstance(upstream.get("model"), str):
+            return JSONResponse({"detail": "body needs 'model' and 'url' (and 'version', 'backend', 'id')"},
+                                status_code=400)
         if body.get("require_ready", True) and not await probe(upstream):
             return JSONResponse({"detail": f"upstream {upstream['url']} is not ready; not switching"},
                                 status_code=409)
-        state.switch(upstream, why=body.get("why", "deploy"))
+        state.switch(upstream["model"], upstream, why=body.get("why", "deploy"))
         return state.view()
 
-    @app.api_route("/{path:path}", methods=["GET", "POST", "PUT", "DELETE", "PATCH"])
-    async def proxy(path: str, request: Request):
-        if not state.active:
-            return JSONResponse({"detail": "no model deployed yet"}, status_code=503)
+    async def forward(model: str, path: str, request: Request) -> Response:
+        route = state.route(model)
+        if not route["active"]:
+            return JSONResponse({"detail": f"model {model!r} is not deployed; deployed: {sorted(state.models)}"},
+                                status_code=404 if state.models else 503)
         body = await request.body()
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_HEADERS}
-        targets = [state.active] + ([state.fallback] if state.fallback else [])
+        targets = [route["active"]] + ([route["fallback"]] if route["fallback"] else [])
         last_error = None
         for upstream in targets:
             url = upstream["url"].rstrip("/") + "/" + path
@@ -146,7 +172,21 @@ def create_app(state_path: Path, *, admin_token: str | None, interval: float = 1
                 continue
             out = {k: v for k, v in r.headers.items() if k.lower() not in HOP_HEADERS | {"content-encoding"}}
             return Response(r.content, status_code=r.status_code, headers=out)
-        return JSONResponse({"detail": f"no upstream answered: {last_error}"}, status_code=502)
+        return JSONResponse({"detail": f"no upstream of {model} answered: {last_error}"}, status_code=502)
+
+    @app.api_route("/models/{model}/{path:path}", methods=["GET", "POST", "PUT", "DELETE", "PATCH"])
+    async def per_model(model: str, path: str, request: Request):
+        return await forward(model, path, request)
+
+    @app.api_route("/{path:path}", methods=["GET", "POST", "PUT", "DELETE", "PATCH"])
+    async def only_model(path: str, request: Request):
+        deployed = sorted(m for m, r in state.models.items() if r["active"])
+        if not deployed:
+            return JSONResponse({"detail": "no model deployed yet"}, status_code=503)
+        if len(deployed) > 1:
+            return JSONResponse({"detail": f"{len(deployed)} models are deployed: use /models/<model>/{path} "
+                                           f"with one of {deployed}"}, status_code=404)
+        return await forward(deployed[0], path, request)
 
     return app
 

@@ -2,8 +2,9 @@
 
 The landing zone is a local directory by default, or ``s3://bucket/prefix`` (read through the
 amazon provider's S3Hook, connection ``aws_default``, endpoint from ``MLOPS_S3_ENDPOINT``).
+Each dataset has its own prefix, ``<landing>/<dataset>/``, so several datasets land side by side.
 A batch is one CSV (or CSV.gz) file. After it is handled it leaves the landing zone: into
-``<landing>/_ingested/`` when it landed in the dataset, into quarantine when it was rejected,
+``<landing>/<dataset>/_ingested/`` when it landed in the dataset, into quarantine when it was rejected,
 so the next run does not see it again. Re-landing an ingested file is still a no-op: the dataset
 manifest knows its content md5.
 """
@@ -47,20 +48,42 @@ def _split_s3(url: str) -> tuple[str, str]:
     return bucket, prefix.rstrip("/")
 
 
-def list_landed(pattern: str = "*.csv*", s: Settings | None = None) -> list[str]:
-    """Batch references waiting in the landing zone, oldest name first."""
+def landing_prefix(dataset: str, s: Settings | None = None) -> str:
+    """Where batches of ``dataset`` land: ``<landing>/<dataset>/`` (a directory or an S3 prefix)."""
+    s = s or settings()
+    return f"{s.landing.rstrip('/')}/{dataset}"
+
+
+def list_landed(dataset: str, pattern: str = "*.csv*", s: Settings | None = None) -> list[str]:
+    """Batch references waiting in ``dataset``'s landing prefix, oldest name first."""
+    s = s or settings()
+    where = landing_prefix(dataset, s)
+    if s.landing_is_s3:
+        bucket, prefix = _split_s3(where)
+        keys = _s3_hook().list_keys(bucket_name=bucket, prefix=f"{prefix}/") or []
+        # only the prefix's own files: nothing under _ingested/ or any deeper folder
+        return sorted(
+            f"s3://{bucket}/{k}" for k in keys
+            if "/" not in k[len(prefix) + 1:] and fnmatch.fnmatch(k.rsplit("/", 1)[-1], pattern)
+        )
+    landing = Path(where)
+    if not landing.exists():
+        return []
+    return sorted(str(p) for p in landing.glob(pattern) if p.is_file())
+
+
+def stray_landed(datasets: list[str], s: Settings | None = None) -> list[str]:
+    """Files at the landing root or under a prefix no spec names: nothing ingests them."""
     s = s or settings()
     if s.landing_is_s3:
         bucket, prefix = _split_s3(s.landing)
         keys = _s3_hook().list_keys(bucket_name=bucket, prefix=f"{prefix}/" if prefix else "") or []
-        return sorted(
-            f"s3://{bucket}/{k}" for k in keys
-            if "/" + INGESTED_SUBDIR + "/" not in "/" + k and fnmatch.fnmatch(k.rsplit("/", 1)[-1], pattern)
-        )
-    landing = Path(s.landing)
-    if not landing.exists():
-        return []
-    return sorted(str(p) for p in landing.glob(pattern) if p.is_file())
+        rel = [k[len(prefix) + 1:] if prefix else k for k in keys]
+    else:
+        root = Path(s.landing)
+        rel = [str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()] if root.exists() else []
+    return sorted(r for r in rel if r.split("/", 1)[0] not in datasets or "/" not in r
+                  if INGESTED_SUBDIR not in r.split("/"))
 
 
 def _staged_path(batch_ref: str, s: Settings) -> Path:
@@ -108,7 +131,7 @@ def archive(batch_ref: str, s: Settings | None = None) -> str:
             hook.delete_objects(bucket, [key])
         return batch_ref
     src = Path(batch_ref)
-    dest_dir = Path(s.landing) / INGESTED_SUBDIR
+    dest_dir = src.parent / INGESTED_SUBDIR
     dest_dir.mkdir(parents=True, exist_ok=True)
     if src.exists():
         shutil.move(str(src), dest_dir / src.name)

@@ -86,11 +86,18 @@ def trace_prediction(request_id: str, *, model: str | None = None) -> dict:
     import pyarrow.compute as pc
     import pyarrow.dataset as ds
 
+    from include.catalog import model_names
     from include.config import settings
     from include.serving.predlog import list_files
 
     s = settings()
-    model = model or s.model_name
+    if model is None:  # a request id is unique across models: look in every model's log
+        for candidate in model_names():
+            try:
+                return trace_prediction(request_id, model=candidate)
+            except LineageError:
+                continue
+        raise LineageError(f"request {request_id!r} is in no model's prediction log under {s.predictions_dir}")
     files = list_files(s.predictions_dir, model)
     if not files:
         raise LineageError(f"no prediction log for {model} under {s.predictions_dir}")
@@ -111,11 +118,18 @@ def main(argv: list[str] | None = None) -> int:
     group = ap.add_mutually_exclusive_group(required=True)
     group.add_argument("--request-id", help="a served prediction's request id")
     group.add_argument("--model-version", help="a registered model version")
-    ap.add_argument("--model", default=None, help="registered model name (default: MLOPS_MODEL_NAME)")
+    ap.add_argument("--model", default=None,
+                    help="registered model name (default: every model for --request-id; the only dataset's "
+                         "model for --model-version)")
     args = ap.parse_args(argv)
-    from include.config import settings
+    from include.catalog import model_for, single_dataset_or_fail
+    from include.spec import SpecError
 
-    model = args.model or settings().model_name
+    try:
+        model = args.model or (None if args.request_id else model_for(single_dataset_or_fail("lineage")))
+    except SpecError as err:
+        print(f"lineage: {err}", file=sys.stderr)
+        return 2
     try:
         out = (trace_prediction(args.request_id, model=model) if args.request_id
                else model_lineage(model, args.model_version))

@@ -165,3 +165,19 @@ def client() -> MlflowClient:
     """A client for the configured tracking and registry stores."""
     s = settings()
     return MlflowClient(tracking_uri=s.mlflow_tracking_uri, registry_uri=s.mlflow_registry_uri)
+
+
+def alias_version(model: str, alias: str) -> str | None:
+    """The version behind ``model``'s ``alias``, or None when the model or the alias does not exist.
+
+    Only "not found" means None: an unreachable or failing MLflow raises, so a task retries instead
+    of concluding there is nothing to do.
+    """
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(with_retry(client().get_model_version_by_alias, model, alias).version)
+    except MlflowException as err:
+        if err.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE") and "not found" in str(err):
+            return None
+        raise

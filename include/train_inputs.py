@@ -1,25 +1,53 @@
-"""What a `train` run trains on: the dataset and exact DVC revision, from whichever trigger started it.
+"""What a `train` run trains on: which datasets, each at an exact DVC revision, from whichever
+trigger started the run.
 
-Precedence: an explicit ``data_rev`` Param/conf (UI, REST, drift trigger) > the newest triggering
-``dataset`` Asset event (scheduled on new data) > "latest" (HEAD of the data repo). The revision is
-always resolved to a full commit sha and checked to exist before any training starts.
+* a run scheduled on the `dataset` Asset trains every dataset that has a new revision among its
+  triggering events (the newest revision of each): two datasets ingested together train together;
+* a run that names a ``dataset`` (UI form, REST, the drift trigger) trains that dataset at its
+  ``data_rev`` (``latest`` = the newest triggering event of that dataset, else the repo's HEAD);
+* a run that names nothing, with no event, trains the only dataset there is, or fails at once
+  asking which.
+
+Each revision is resolved to a full commit sha and checked to exist before any training starts.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from include.assets import newest_asset_extra
+from include.assets import DATASET, asset_extras, newest_per
 
 
-def resolve(params: dict, triggering_asset_events: Any = None) -> dict:
-    """Lineage of the data to train on: {dataset, data_rev, data_md5, rows, validation_id, ...}."""
+def requested(params: dict, triggering_asset_events: Any = None) -> list[dict]:
+    """[{dataset, data_rev, rev_source}] to train, before any data-repo lookup.
+
+    ``params`` already hold the run's conf (Airflow merges conf over the Params' defaults).
+    """
+    from include.catalog import single_dataset_or_fail
+
+    dataset = params.get("dataset") or None
+    rev = params.get("data_rev") or "latest"
+    events = newest_per(asset_extras(triggering_asset_events, DATASET), "dataset")
+    if dataset is None and rev == "latest" and events:
+        return [{"dataset": e["dataset"], "data_rev": e["dvc_rev"], "rev_source": "asset event"} for e in events]
+    if dataset is None:
+        dataset = single_dataset_or_fail("train")
+    if rev == "latest":
+        for e in events:
+            if e["dataset"] == dataset:
+                return [{"dataset": dataset, "data_rev": e["dvc_rev"], "rev_source": "asset event"}]
+    return [{"dataset": dataset, "data_rev": rev, "rev_source": "params"}]
+
+
+def resolve(params: dict, triggering_asset_events: Any = None) -> list[dict]:
+    """Lineage of the data to train on, one per dataset: {dataset, data_rev, data_md5, rows, ...}."""
+    from include.spec import load_spec
     from include.versioning import DataRepo
 
-    dataset, rev, source = params.get("dataset") or "sessions", params.get("data_rev") or "latest", "params"
-    event = newest_asset_extra(triggering_asset_events)
-    if rev == "latest" and event and event.get("dvc_rev"):
-        dataset, rev, source = event.get("dataset", dataset), event["dvc_rev"], "asset event"
-    lineage = DataRepo().lineage(dataset, rev)
-    lineage["rev_source"] = source
-    return lineage
+    repo, out = DataRepo(), []
+    for want in requested(params, triggering_asset_events):
+        load_spec(want["dataset"])  # a missing or broken spec fails here, before any data is read
+        lineage = repo.lineage(want["dataset"], want["data_rev"])
+        lineage["rev_source"] = want["rev_source"]
+        out.append(lineage)
+    return out

@@ -639,7 +639,7 @@ def train_and_register(
     train, val, test = split(df, spec, seed=seed, holdout_frac=holdout_frac, val_frac=val_frac)
     _check_splits(spec, {"train": train, "val": val, "test": test})
 
-    name = settings().model_name
+    name = spec.model_name  # each dataset owns its registered model
     experiment_id = configure_mlflow()
     existing = _find_existing(name, run_key, experiment_id)
     if existing is not None:

@@ -37,6 +37,10 @@ class DataRepoError(RuntimeError):
     """A git/DVC operation failed or a requested revision does not exist."""
 
 
+class RevisionNotFound(DataRepoError):
+    """The data rev or the dataset at that rev does not exist: no retry can make it appear."""
+
+
 @dataclass(frozen=True)
 class DatasetVersion:
     dataset: str
@@ -186,12 +190,12 @@ class DataRepo:
     def resolve_rev(self, rev: str | None) -> str:
         """A full commit sha for ``rev`` ("latest"/None = HEAD); a clear error if it does not exist."""
         if not (self.path / ".git").exists():
-            raise DataRepoError(f"no data repo at {self.path}: ingest a batch first")
+            raise RevisionNotFound(f"no data repo at {self.path}: ingest a batch first")
         ref = "HEAD" if rev in (None, "", "latest") else rev
         proc = self._run("git", "rev-parse", "--verify", "-q", f"{ref}^{{commit}}", check=False)
         if proc.returncode != 0:
             recent = self._run("git", "log", "--format=%h %s", "-n", "5").stdout.strip()
-            raise DataRepoError(
+            raise RevisionNotFound(
                 f"data rev {rev!r} does not exist in the data repo {self.path}. Recent revs:\n{recent}"
             )
         return proc.stdout.strip()
@@ -201,7 +205,7 @@ class DataRepo:
         sha = self.resolve_rev(rev)
         manifest = self._show(sha, f"manifests/{dataset}.json")
         if manifest is None:
-            raise DataRepoError(f"dataset {dataset!r} does not exist at data rev {sha[:10]}")
+            raise RevisionNotFound(f"dataset {dataset!r} does not exist at data rev {sha[:10]}")
         import yaml
 
         entries = json.loads(manifest)
@@ -225,7 +229,7 @@ class DataRepo:
         sha = self.resolve_rev(rev)
         entries = json.loads(self._show(sha, f"manifests/{dataset}.json") or "null") or []
         if not entries:
-            raise DataRepoError(f"dataset {dataset!r} does not exist at data rev {sha[:10]}")
+            raise RevisionNotFound(f"dataset {dataset!r} does not exist at data rev {sha[:10]}")
         fs = DVCFileSystem(str(self.path), rev=sha)
         frames = []
         for e in entries:

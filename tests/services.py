@@ -7,6 +7,9 @@ import subprocess
 import time
 import uuid
 
+# the demo dataset's registered model (include/specs/sessions.yaml: model_name)
+SESSIONS_MODEL = "sessions_purchase"
+
 
 def free_port() -> int:
     with socket.socket() as s:

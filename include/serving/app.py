@@ -859,8 +859,8 @@ def create_app(
 def create_app_from_env() -> FastAPI:
     """The app configured by the environment (what the container and ``python -m include.serving`` run).
 
-    MLOPS_MODEL_NAME (default from include.config), MLOPS_MODEL_VERSION (required, a number),
-    MLOPS_DATASET (spec name, default ``sessions``), MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI,
+    MLOPS_DATASET (spec name) and/or MLOPS_MODEL_NAME (default: the dataset spec's ``model_name``; one
+    of the two is required, each names the other), MLOPS_MODEL_VERSION (required, a number), MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI,
     MLOPS_PREDICTIONS_DIR, MLOPS_ADMIN_TOKEN, MLOPS_SERVING_MAX_ROWS (1000),
     MLOPS_SERVING_MAX_BODY_BYTES (8 MiB), MLOPS_SERVING_BATCH_ROWS (64), MLOPS_SERVING_BATCH_WAIT_MS (2),
     MLOPS_PREDLOG_FLUSH_ROWS (1000), MLOPS_PREDLOG_FLUSH_SECONDS (5), MLOPS_SERVING_MODEL_THREADS (1).
@@ -874,9 +874,15 @@ def create_app_from_env() -> FastAPI:
     if not version:
         raise RuntimeError("MLOPS_MODEL_VERSION is not set: the server serves one registry version, "
                            "e.g. MLOPS_MODEL_VERSION=3 (resolve aliases such as 'champion' before starting)")
+    from include.catalog import dataset_for_model, model_for
+
+    model = os.environ.get("MLOPS_MODEL_NAME", "").strip() or None
+    dataset = os.environ.get("MLOPS_DATASET", "").strip() or None
+    if not (model or dataset):
+        raise RuntimeError("set MLOPS_DATASET (the spec the server validates requests with) or MLOPS_MODEL_NAME")
     return create_app(
-        s.model_name, version,
-        spec=os.environ.get("MLOPS_DATASET", "").strip() or "sessions",
+        model or model_for(dataset), version,
+        spec=dataset or dataset_for_model(model),
         predictions_dir=s.predictions_dir,
         admin_token=os.environ.get("MLOPS_ADMIN_TOKEN", "").strip() or None,
         max_rows=env_number("MLOPS_SERVING_MAX_ROWS", 1000),

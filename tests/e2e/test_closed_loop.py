@@ -16,7 +16,7 @@ import pytest
 
 from include.demo import serve_batch
 from include.demo_data import make_batch, write_batch
-from tests.services import serving_env
+from tests.services import SESSIONS_MODEL, serving_env
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -50,21 +50,19 @@ def _run(dag_id: str, conf: dict | None = None):
 
 
 def _version_with_alias(alias: str) -> str | None:
-    from include.config import settings
     from include.tracking import client, configure_mlflow
 
     configure_mlflow()
     try:
-        return str(client().get_model_version_by_alias(settings().model_name, alias).version)
+        return str(client().get_model_version_by_alias(SESSIONS_MODEL, alias).version)
     except Exception:  # noqa: BLE001
         return None
 
 
 def _candidate_version() -> str:
-    from include.config import settings
     from include.tracking import client
 
-    versions = client().search_model_versions(f"name='{settings().model_name}'")
+    versions = client().search_model_versions(f"name='{SESSIONS_MODEL}'")
     return str(max(int(v.version) for v in versions))
 
 
@@ -75,16 +73,16 @@ def _serve(gateway: str, batch) -> set[str]:
 
 def test_drift_closes_the_loop(loop_env):
     s = loop_env
-    landing = Path(s.landing)
+    landing = Path(s.landing) / "sessions"
 
     # 1. first data -> first model -> first deployment
     write_batch(make_batch(0, 3000, seed=7), landing / "day000.csv")
     dr, states = _run("ingest")
     assert str(dr.state) == "success", states
-    dr, states = _run("train", {"reason": "initial", "family": "logreg"})
-    assert str(dr.state) == "success" and states["gate[-1]"] == "success", states
+    dr, states = _run("train", {"dataset": "sessions", "reason": "initial", "family": "logreg"})
+    assert str(dr.state) == "success" and states["gate[0]"] == "success", states
     v1 = _candidate_version()
-    dr, states = _run("deploy", {"model": s.model_name, "version": v1})
+    dr, states = _run("deploy", {"model": SESSIONS_MODEL, "version": v1})
     assert str(dr.state) == "success", states
     assert _version_with_alias("champion") == v1
 
@@ -98,7 +96,7 @@ def test_drift_closes_the_loop(loop_env):
     # 3. the world changes: drifted sessions are served, their labels arrive in the next batch
     from include.tracking import client
 
-    created = client().get_model_version(s.model_name, v1).creation_timestamp / 1000
+    created = client().get_model_version(SESSIONS_MODEL, v1).creation_timestamp / 1000
     time.sleep(max(0.0, created + COOLDOWN_S + 1 - time.time()))  # out of v1's own cooldown
     # (a big batch: the retrained model must learn the new world, not mostly the old one)
     drifted = make_batch(2, 8000, seed=7, covariate_drift=1.0, concept_drift=1.0)
@@ -109,13 +107,13 @@ def test_drift_closes_the_loop(loop_env):
     time.sleep(1.5)
 
     dr, states = _run("monitor_drift", {"window_hours": 1})
-    assert str(dr.state) == "success" and states["trigger_train[-1]"] == "success", states
+    assert str(dr.state) == "success" and states["trigger_train[0]"] == "success", states
     from airflow.models.dagrun import DagRun
     from airflow.utils.session import create_session
 
     with create_session() as session:
         triggered = session.query(DagRun).filter(DagRun.dag_id == "train",
-                                                 DagRun.run_id == f"drift__{dr.run_id}").one()
+                                                 DagRun.run_id == f"drift__{dr.run_id}__sessions").one()
         conf = dict(triggered.conf)
     assert conf["reason"] == "drift" and conf["drifted_features"] and conf["report_uri"]
     assert {"device", "channel"} & set(conf["drifted_features"])
@@ -129,16 +127,16 @@ def test_drift_closes_the_loop(loop_env):
     assert str(dr.state) == "success", states
     v2 = _candidate_version()
     assert v2 != v1
-    assert states["gate[-1]"] == "success", "the gate rejected a model trained on the new world"
+    assert states["gate[0]"] == "success", "the gate rejected a model trained on the new world"
     assert _version_with_alias("challenger") == v2
-    tags = client().get_model_version(s.model_name, v2).tags
+    tags = client().get_model_version(SESSIONS_MODEL, v2).tags
     assert tags["reason"] == "drift" and tags["trigger_report_uri"] == conf["report_uri"]
     assert conf["window_days"] == 1 and tags["selection_window_days"] in ("1", "1.0")
-    params = client().get_run(client().get_model_version(s.model_name, v2).run_id).data.params
+    params = client().get_run(client().get_model_version(SESSIONS_MODEL, v2).run_id).data.params
     assert sum(int(params[k]) for k in ("n_train", "n_val", "n_test")) == 8000  # the drifted day only
 
     # 5. deploy -> the new champion serves
-    dr, states = _run("deploy", {"model": s.model_name, "version": v2})
+    dr, states = _run("deploy", {"model": SESSIONS_MODEL, "version": v2})
     assert str(dr.state) == "success", states
     assert _version_with_alias("champion") == v2
     assert _serve(s.gateway_url, make_batch(3, 100, seed=7, covariate_drift=1.0)) == {v2}

@@ -17,7 +17,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 def _model_version_tags(live, version: str) -> dict:
     code = ("import json,sys; from include.tracking import client, configure_mlflow; configure_mlflow(); "
             "from include.config import settings; "
-            f"print(json.dumps(client().get_model_version(settings().model_name, '{version}').tags))")
+            f"print(json.dumps(client().get_model_version('sessions_purchase', '{version}').tags))")
     out = subprocess.run([sys.executable, "-c", code], env=live.env, capture_output=True, text=True, check=True)
     import json
 
@@ -26,7 +26,7 @@ def _model_version_tags(live, version: str) -> dict:
 
 def test_landing_a_batch_runs_ingest_then_train_by_asset(live_airflow):
     live = live_airflow
-    landing = live.state_dir / "landing"
+    landing = live.state_dir / "landing" / "sessions"
     write_batch(make_batch(0, 3000), landing / "day000.csv")
     run_id = live.trigger("ingest")
     ingest = live.wait_run("ingest", run_id, timeout=300)
@@ -58,7 +58,7 @@ def test_drifted_traffic_triggers_retraining(live_airflow):
     assert monitor["state"] == "success", live.task_states("monitor_drift", run_id)
     states = live.task_states("monitor_drift", run_id)
     assert states["trigger_train[-1]"] == "success", states
-    train = live.wait_run("train", f"drift__{run_id}", timeout=300)
+    train = live.wait_run("train", f"drift__{run_id}__sessions", timeout=300)
     assert train["state"] == "success", live.task_states("train", train["dag_run_id"])
     assert train["conf"]["reason"] == "drift" and train["conf"]["drifted_features"]
 
@@ -78,7 +78,7 @@ def test_retrain_cli_reason_reaches_lineage_tags(live_airflow):
     # the newest registered version carries the reason
     code = ("from include.tracking import client, configure_mlflow; configure_mlflow(); "
             "from include.config import settings; "
-            "print(max(int(v.version) for v in client().search_model_versions(f\"name='{settings().model_name}'\")))")
+            "print(max(int(v.version) for v in client().search_model_versions(\"name='sessions_purchase'\")))")
     newest = subprocess.run([sys.executable, "-c", code], env=live.env, capture_output=True, text=True,
                             check=True).stdout.strip().splitlines()[-1]
     tags = _model_version_tags(live, newest)

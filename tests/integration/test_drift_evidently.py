@@ -19,6 +19,7 @@ from include.drift import (
     run_drift_check,
 )
 from include.spec import load_spec
+from tests.services import SESSIONS_MODEL
 
 pytestmark = pytest.mark.integration
 
@@ -94,11 +95,11 @@ def test_types_follow_the_spec_not_the_logged_dtypes(spec, reference, tmp_path):
 def test_covariate_drift_retrains_on_the_shifted_features_and_logs_everything(state, spec, reference):
     from include.tracking import client
 
-    version = _register_version(state.model_name)
+    version = _register_version(SESSIONS_MODEL)
     current = make_batch(5, 8_000, seed=21, covariate_drift=1.0)
     reference = reference.assign(prediction=_oracle_scores(reference))
     current = current.assign(prediction=_oracle_scores(current))
-    s = run_drift_check(dataset="sessions", model_name=state.model_name, model_version=version,
+    s = run_drift_check(dataset="sessions", model_name=SESSIONS_MODEL, model_version=version,
                         reference_df=reference, current_df=current, policy=POLICY, now=NOW,
                         run_key="scheduled__2026-03-01T12:00:00+00:00")
     assert set(s["drifted_features"]) == SHIFTED
@@ -122,30 +123,30 @@ def test_covariate_drift_retrains_on_the_shifted_features_and_logs_everything(st
     c = client()
     run = c.get_run(s["mlflow_run_id"])
     assert c.get_experiment(run.info.experiment_id).name == "monitoring"
-    assert run.data.tags["model_name"] == state.model_name and run.data.tags["model_version"] == version
+    assert run.data.tags["model_name"] == SESSIONS_MODEL and run.data.tags["model_version"] == version
     assert run.data.tags["drift.retrain"] == "true"
     assert run.data.metrics["share_drifted"] == pytest.approx(7 / 9)
     assert run.data.metrics["drift_score.discount_pct"] > 1.0
     assert run.data.metrics["drift_score.country"] < 0.1
     arts = {a.path for a in c.list_artifacts(run.info.run_id, "drift_report")}
     assert {"drift_report/drift_report.html", "drift_report/drift_result.json"} <= arts
-    assert c.get_model_version(state.model_name, version).tags["last_drift_run_id"] == run.info.run_id
+    assert c.get_model_version(SESSIONS_MODEL, version).tags["last_drift_run_id"] == run.info.run_id
 
     # a retry of the same Airflow run changes nothing: same answer, no second run, no second line
-    again = run_drift_check(dataset="sessions", model_name=state.model_name, model_version=version,
+    again = run_drift_check(dataset="sessions", model_name=SESSIONS_MODEL, model_version=version,
                             reference_df=reference, current_df=current, policy=POLICY, now=NOW,
                             run_key="scheduled__2026-03-01T12:00:00+00:00")
     assert again["replayed"] and again["mlflow_run_id"] == s["mlflow_run_id"]
     assert len(c.search_runs([run.info.experiment_id])) == 1
-    assert len(load_trigger_history(model_name=state.model_name)) == 1
+    assert len(load_trigger_history(model_name=SESSIONS_MODEL)) == 1
 
     # the next scheduled check an hour later still sees drift but is inside the cooldown
-    later = run_drift_check(dataset="sessions", model_name=state.model_name, model_version=version,
+    later = run_drift_check(dataset="sessions", model_name=SESSIONS_MODEL, model_version=version,
                             reference_df=reference, current_df=current, policy=POLICY,
                             now=NOW + dt.timedelta(hours=1), run_key="scheduled__2026-03-01T13:00:00+00:00")
     assert later["decision"]["retrain"] is False and later["decision"]["code"] == "cooldown"
     assert later["train_conf"] is None
-    history = load_trigger_history(model_name=state.model_name)
+    history = load_trigger_history(model_name=SESSIONS_MODEL)
     assert [(h["code"], h["retrain"]) for h in history] == [("drift", True), ("cooldown", False)]
     assert (state.reports_dir / "drift" / "triggers.jsonl").exists()
 
@@ -216,14 +217,14 @@ def test_reference_for_a_registered_version_comes_from_its_dvc_rev(state, spec):
     res = train_and_register(batch, spec, lineage={"data_rev": v.dvc_rev, "data_md5": v.md5,
                                                    "validation_id": "val-0", "dataset": "sessions"},
                              family="logreg", run_key="drift-ref-test")
-    ref = reference_for_model(state.model_name, res["version"])
+    ref = reference_for_model(SESSIONS_MODEL, res["version"])
     assert len(ref) == 3_000 and set(ref["session_id"]) == set(batch["session_id"])
     scored = ref["prediction"].notna()
     assert scored.sum() == 1_200  # val + test (20% + 20%): only rows the model did not train on
     assert ref.loc[scored, "prediction"].between(0, 1).all()
 
     current = make_batch(3, 3_000, seed=5)
-    s = run_drift_check(dataset="sessions", model_name=state.model_name, model_version=res["version"],
+    s = run_drift_check(dataset="sessions", model_name=SESSIONS_MODEL, model_version=res["version"],
                         reference_df=ref, current_df=current.assign(prediction=ref["prediction"].mean()),
                         policy=DriftPolicy(), now=NOW, log_mlflow=False, record=False)
     assert s["drifted_features"] == [] and s["decision"]["code"] == "no_drift"
@@ -235,18 +236,18 @@ def test_window_read_from_the_serving_prediction_log(state, spec, reference):
     from include.serving.predlog import PredictionLog, read_predictions
 
     served = make_batch(5, 6_000, seed=21, covariate_drift=1.0)
-    plog = PredictionLog(state.predictions_dir, state.model_name, spec)
+    plog = PredictionLog(state.predictions_dir, SESSIONS_MODEL, spec)
     cols = [spec.key] + [c.name for c in spec.feature_columns]
     for i in range(0, len(served), 500):  # 12 requests of 500 rows, one hour apart
         part = served.iloc[i:i + 500]
         plog.append(f"req-{i}", NOW + dt.timedelta(hours=i // 500), "3", _oracle_scores(part).tolist(),
                     {c: part[c].tolist() for c in cols})
     plog.flush()
-    window = read_predictions(state.predictions_dir, state.model_name, since=NOW,
+    window = read_predictions(state.predictions_dir, SESSIONS_MODEL, since=NOW,
                               until=NOW + dt.timedelta(days=1), model_version="3")
     assert len(window) == 6_000
     labels = served[[spec.key, spec.target]]
-    s = run_drift_check(dataset="sessions", model_name=state.model_name, model_version="3",
+    s = run_drift_check(dataset="sessions", model_name=SESSIONS_MODEL, model_version="3",
                         reference_df=reference.assign(prediction=_oracle_scores(reference)),
                         current_df=window, labeled_df=labels, policy=POLICY,
                         now=NOW + dt.timedelta(days=1), log_mlflow=False, record=False)

@@ -12,6 +12,7 @@ from include.demo_data import make_batch
 from include.gate import evaluate_and_decide, read_audit
 from include.spec import load_spec
 from include.training import train_and_register
+from tests.services import SESSIONS_MODEL
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -32,7 +33,7 @@ def test_gate_sets_aliases_and_records_every_decision(state):
 
     spec = load_spec("sessions")
     c = client()
-    name = state.model_name
+    name = SESSIONS_MODEL
     audit = state.reports_dir / "audit.jsonl"
     trigger = {"reason": "new-data", "dag_run_id": "asset_triggered__1"}
 
@@ -120,7 +121,7 @@ def test_gate_refuses_a_version_without_holdout(state):
     X = pd.DataFrame({"a": [1.0, 2.0, 3.0, 4.0]})
     with mlflow.start_run(experiment_id=exp):
         info = mlflow.sklearn.log_model(LogisticRegression().fit(X, [0, 1, 0, 1]), name="model")
-    mv = mlflow.register_model(info.model_uri, state.model_name)
+    mv = mlflow.register_model(info.model_uri, SESSIONS_MODEL)
     with pytest.raises(ValueError, match="has no holdout/holdout.parquet"):
-        evaluate_and_decide(state.model_name, mv.version, dataset="sessions")
+        evaluate_and_decide(SESSIONS_MODEL, mv.version, dataset="sessions")
     assert read_audit(state.reports_dir / "audit.jsonl") == []

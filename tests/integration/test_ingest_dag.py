@@ -46,7 +46,7 @@ def _states(dr) -> dict[str, str]:
 
 
 def test_good_batch_lands_emits_asset_and_rerun_is_noop(airflow_db, state):
-    landing = Path(state.landing)
+    landing = Path(state.landing) / "sessions"
     write_batch(make_batch(0, 2000), landing / "day0.csv")
     dr = _dag("ingest").test()
     assert str(dr.state) == "success", _states(dr)
@@ -73,7 +73,7 @@ def test_good_batch_lands_emits_asset_and_rerun_is_noop(airflow_db, state):
 
 
 def test_bad_batch_is_quarantined_and_nothing_changes(airflow_db, state):
-    landing = Path(state.landing)
+    landing = Path(state.landing) / "sessions"
     write_batch(make_batch(0, 1000), landing / "good.csv")
     _dag("ingest").test()
     repo, remote = Path(state.data_repo), Path(state.dvc_remote)
@@ -136,7 +136,7 @@ def test_every_bad_kind_leaves_repo_and_remote_unchanged(state, tmp_path, monkey
     from include.ingestion import commit_validated, validate_landed
     from include.validation import BatchRejected
 
-    landing = Path(state.landing)
+    landing = Path(state.landing) / "sessions"
     write_batch(make_batch(0, 500), landing / "seed.csv")
     commit_validated([validate_landed(str(landing / "seed.csv"), "sessions")], "sessions")
     repo, remote = Path(state.data_repo), Path(state.dvc_remote)

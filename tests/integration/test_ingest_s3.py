@@ -28,13 +28,13 @@ def test_s3_landing_and_dvc_remote(state, s3_bucket, monkeypatch):
     monkeypatch.setenv("MLOPS_LANDING", f"s3://{s3_bucket}/landing")
     monkeypatch.setenv("MLOPS_DVC_REMOTE", f"s3://{s3_bucket}/dvc")
     s3 = boto3.client("s3")
-    _put(s3, s3_bucket, "landing/day0.csv", make_batch(0, 800))
+    _put(s3, s3_bucket, "landing/sessions/day0.csv", make_batch(0, 800))
     bad = make_batch(1, 300)
     bad.loc[:10, "device"] = "toaster"
-    _put(s3, s3_bucket, "landing/bad.csv", bad)
+    _put(s3, s3_bucket, "landing/sessions/bad.csv", bad)
 
-    refs = list_landed()
-    assert refs == [f"s3://{s3_bucket}/landing/bad.csv", f"s3://{s3_bucket}/landing/day0.csv"]
+    refs = list_landed("sessions")
+    assert refs == [f"s3://{s3_bucket}/landing/sessions/bad.csv", f"s3://{s3_bucket}/landing/sessions/day0.csv"]
     with pytest.raises(BatchRejected, match="bad.csv"):
         validate_landed(refs[0], "sessions")
     extra = commit_validated([validate_landed(refs[1], "sessions")], "sessions")
@@ -42,10 +42,10 @@ def test_s3_landing_and_dvc_remote(state, s3_bucket, monkeypatch):
 
     keys = {o["Key"] for o in s3.list_objects_v2(Bucket=s3_bucket)["Contents"]}
     assert any(k.startswith("dvc/") for k in keys), keys  # dvc push reached the S3 remote
-    assert "landing/_ingested/day0.csv" in keys and "landing/day0.csv" not in keys
-    assert "landing/bad.csv" not in keys  # the bad batch left the landing zone ...
+    assert "landing/sessions/_ingested/day0.csv" in keys and "landing/sessions/day0.csv" not in keys
+    assert "landing/sessions/bad.csv" not in keys  # the bad batch left the landing zone ...
     assert any(p.name.startswith("bad.csv") for p in Path(settings().quarantine_dir).iterdir())  # ... into quarantine
-    assert list_landed() == []
+    assert list_landed("sessions") == []
 
     # a clean cache must pull the exact revision back from the S3 remote
     shutil.rmtree(Path(state.data_repo) / ".dvc" / "cache")

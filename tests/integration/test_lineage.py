@@ -25,7 +25,7 @@ def test_prediction_traces_back_to_data_validation_and_code(state):
     from include.training import code_sha, train_and_register
     from include.versioning import DataRepo
 
-    landing = Path(state.landing)
+    landing = Path(state.landing) / "sessions"
     write_batch(make_batch(0, 1500), landing / "day0.csv")
     extra = commit_validated([validate_landed(str(landing / "day0.csv"), "sessions")], "sessions")
     spec = load_spec("sessions")

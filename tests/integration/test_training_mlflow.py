@@ -28,6 +28,7 @@ from include.training import (
     split,
     train_and_register,
 )
+from tests.services import SESSIONS_MODEL
 
 pytestmark = pytest.mark.integration
 
@@ -75,7 +76,7 @@ def test_train_and_register_logs_everything_with_lineage(state, spec, batch):
     res = train_and_register(batch, spec, lineage=LINEAGE, family="hgb", seed=3, reason="new-data",
                              run_key="rk-full")
     c, exp = _client()
-    assert res["model"] == state.model_name and res["version"] == "1" and not res["reused"]
+    assert res["model"] == SESSIONS_MODEL and res["version"] == "1" and not res["reused"]
     assert res["holdout_uri"] == f"runs:/{res['run_id']}/holdout/holdout.parquet"
     assert c_exp_location(state) == state.mlflow_artifact_root + "/mlops-loop"
 
@@ -112,18 +113,18 @@ def test_train_and_register_logs_everything_with_lineage(state, spec, batch):
     assert list(holdout[spec.key]) == list(test[spec.key])
 
     # exactly one version, with every lineage tag
-    (mv,) = _versions(state.model_name)
+    (mv,) = _versions(SESSIONS_MODEL)
     assert mv.run_id == res["run_id"] and mv.status == "READY"
     expected = {**LINEAGE, "code_sha": sha, "reason": "new-data", "run_key": "rk-full", "family": "hgb"}
     assert {k: mv.tags.get(k) for k in expected} == expected
 
     # the model: skops with our allow-list, a signature and an input example
-    local = Path(mlflow.artifacts.download_artifacts(f"models:/{state.model_name}/1"))
+    local = Path(mlflow.artifacts.download_artifacts(f"models:/{SESSIONS_MODEL}/1"))
     mlmodel = yaml.safe_load((local / "MLmodel").read_text())
     assert mlmodel["flavors"]["sklearn"]["serialization_format"] == "skops"
     assert mlmodel["flavors"]["sklearn"]["skops_trusted_types"] == SKOPS_TRUSTED_TYPES
     assert "signature" in mlmodel and (local / "input_example.json").exists()
-    model = load_model(state.model_name, 1)
+    model = load_model(SESSIONS_MODEL, 1)
     scores = predict_scores(model, holdout, spec)
     assert scores.shape == (400,)
 
@@ -135,7 +136,7 @@ def test_same_run_key_adds_no_version(state, spec, batch):
     assert again["reused"] and (again["version"], again["run_id"]) == (first["version"], first["run_id"])
     assert again["metrics"] == pytest.approx(first["metrics"])
     _, exp = _client()
-    assert len(_versions(state.model_name)) == 1 and len(_live_runs(exp)) == 1
+    assert len(_versions(SESSIONS_MODEL)) == 1 and len(_live_runs(exp)) == 1
 
 
 @pytest.mark.slow
@@ -145,8 +146,8 @@ def test_retraining_same_data_and_seed_gives_identical_predictions(state, spec, 
     b = train_and_register(batch, spec, lineage=LINEAGE, family="hgb", seed=5, run_key=key + "-bis")
     assert a["version"] != b["version"]
     fresh = make_batch(9, 500, seed=1)
-    pa = predict_scores(load_model(state.model_name, a["version"]), fresh, spec)
-    pb = predict_scores(load_model(state.model_name, b["version"]), fresh, spec)
+    pa = predict_scores(load_model(SESSIONS_MODEL, a["version"]), fresh, spec)
+    pb = predict_scores(load_model(SESSIONS_MODEL, b["version"]), fresh, spec)
     np.testing.assert_array_equal(pa, pb)
     assert a["metrics"] == b["metrics"]
 
@@ -184,12 +185,12 @@ def test_failed_registration_leaves_no_version_and_retry_registers_once(state, s
     monkeypatch.setattr(training.mlflow, "register_model", real)
 
     c, exp = _client()
-    assert _versions(state.model_name) == []
+    assert _versions(SESSIONS_MODEL) == []
     (failed,) = _live_runs(exp)
     assert failed.info.status == "FAILED"
 
     res = train_and_register(batch, spec, lineage=LINEAGE, family="logreg", run_key="rk-crash")
-    (mv,) = _versions(state.model_name)
+    (mv,) = _versions(SESSIONS_MODEL)
     assert mv.run_id == res["run_id"] and not res["reused"]
     assert [r.info.run_id for r in _live_runs(exp)] == [res["run_id"]]  # the failed run was deleted
 
@@ -207,7 +208,7 @@ def test_orphan_run_without_version_is_replaced(state, spec, batch):
     res = train_and_register(batch, spec, lineage=asset_extra, family="logreg", run_key="rk-orphan")
     assert res["run_id"] != orphan.info.run_id
     assert [r.info.run_id for r in _live_runs(exp)] == [res["run_id"]]
-    (mv,) = _versions(state.model_name)
+    (mv,) = _versions(SESSIONS_MODEL)
     assert (mv.tags["data_rev"], mv.tags["data_md5"], mv.tags["validation_id"]) == ("feedbeef", "md5-x", "val-9")
 
 
@@ -254,9 +255,9 @@ def test_load_model_refuses_types_outside_the_allow_list(state, spec):
     model = make_pipeline(FunctionTransformer(operator.neg), LogisticRegression()).fit(X, [0, 1, 0, 1])
     with mlflow.start_run(experiment_id=exp):
         info = mlflow.sklearn.log_model(model, name="model", skops_trusted_types=[*SKOPS_TRUSTED_TYPES, "_operator.neg"])
-    mv = mlflow.register_model(info.model_uri, state.model_name)
+    mv = mlflow.register_model(info.model_uri, SESSIONS_MODEL)
     with pytest.raises(ValueError, match=r"outside SKOPS_TRUSTED_TYPES: \['_operator.neg'\]"):
-        load_model(state.model_name, mv.version)
+        load_model(SESSIONS_MODEL, mv.version)
 
 
 # ------------------------------------------------------------------------- distributed: PostgreSQL

@@ -588,12 +588,19 @@ def test_versions_must_be_registry_numbers(spec, tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="MLOPS_MODEL_VERSION"):
         create_app_from_env()
     monkeypatch.setenv("MLOPS_MODEL_VERSION", "4")
-    monkeypatch.setenv("MLOPS_MODEL_NAME", "other_model")
+    monkeypatch.delenv("MLOPS_MODEL_NAME", raising=False)
+    monkeypatch.delenv("MLOPS_DATASET", raising=False)
+    with pytest.raises(RuntimeError, match="MLOPS_DATASET"):  # no silent default dataset
+        create_app_from_env()
     monkeypatch.setenv("MLOPS_PREDICTIONS_DIR", str(tmp_path / "p"))
-    app = create_app_from_env()
-    server = app.state.server
-    assert (server.cfg.model_name, server.cfg.version, server.spec.name) == ("other_model", "4", "sessions")
-    assert server.predlog.dir == tmp_path / "p" / "other_model"
+    monkeypatch.setenv("MLOPS_DATASET", "sessions")
+    server = create_app_from_env().state.server  # the model comes from the dataset's spec
+    assert (server.cfg.model_name, server.spec.name) == ("sessions_purchase", "sessions")
+    monkeypatch.delenv("MLOPS_DATASET")
+    monkeypatch.setenv("MLOPS_MODEL_NAME", "sessions_purchase")
+    server = create_app_from_env().state.server  # ... and the dataset from the spec naming the model
+    assert (server.cfg.model_name, server.cfg.version, server.spec.name) == ("sessions_purchase", "4", "sessions")
+    assert server.predlog.dir == tmp_path / "p" / "sessions_purchase"
 
 
 def test_shutdown_flushes_the_prediction_log(spec, tmp_path):
