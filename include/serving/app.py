@@ -6,7 +6,7 @@ JSON bodies also name ``request_id``, ``model_name`` and ``model_version``):
 * ``POST /predict`` - ``{"instances": [{feature: value, ...}, ...]}`` or ``{"instance": {...}}``
   -> ``{"predictions": [score, ...]}`` (P(positive class) or the regression value). The request
   schema is derived from the dataset spec: types, ranges, category sets, nullability; the key
-  column is optional; unknown fields are rejected. Bad input gets a 4xx with a message (400
+  and timestamp columns are optional (the timestamp is not scored); unknown fields are rejected. Bad input gets a 4xx with a message (400
   malformed JSON, 413 too many rows / too large a body, 415 not JSON, 422 schema), never a 5xx.
 * ``GET /health`` - liveness (the process and its batch worker run). ``GET /ready`` - readiness:
   the model is loaded and a golden sample built from the spec was scored (503 until then, or with
@@ -148,7 +148,8 @@ class RequestSchema:
 def build_request_schema(spec: DatasetSpec, *, max_rows: int = 1000) -> RequestSchema:
     """Row model: every feature column (nullable ones may be omitted) + the optional key column.
 
-    Fields are aliased (``f0``, ``f1`` ... internally) so any column name works as a JSON key.
+    The spec's timestamp column is accepted too (clients often send whole rows of the dataset) and
+    validated as a date, but it is not a model input, so it is not scored. Fields are aliased (``f0``, ``f1`` ... internally) so any column name works as a JSON key.
     """
     fields: dict[str, Any] = {}
     attrs: dict[str, str] = {}
@@ -162,6 +163,8 @@ def build_request_schema(spec: DatasetSpec, *, max_rows: int = 1000) -> RequestS
         else:
             fields[attr] = (t, Field(alias=col.name))
         attrs[col.name] = attr
+    if spec.timestamp and spec.timestamp not in attrs:
+        fields["ts_not_scored"] = (datetime | None, Field(default=None, alias=spec.timestamp))
     row = create_model(
         f"{spec.name.title().replace('_', '')}Instance",
         __config__=ConfigDict(extra="forbid", str_max_length=MAX_STRING_LENGTH),
