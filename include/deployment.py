@@ -256,11 +256,38 @@ def docker_available(s: Settings | None = None) -> bool:
         return False
 
 
+def docker_can_build(s: Settings | None = None) -> tuple[bool, str]:
+    """(True, why) when an engine answers AND it has, or can pull, the serving base image.
+
+    An engine alone is not enough: without the base image every build fails, and `auto` would
+    retry a deploy that cannot succeed (seen with no registry reachable).
+    """
+    s = s or settings()
+    if not docker_available(s):
+        return False, "no Docker engine answers"
+    import docker
+
+    api = docker.DockerClient(base_url=s.docker_host or "unix:///var/run/docker.sock", timeout=120)
+    try:
+        api.images.get(s.serving_base_image)
+        return True, f"the engine has the base image {s.serving_base_image}"
+    except docker.errors.ImageNotFound:
+        pass
+    try:
+        api.images.pull(s.serving_base_image)
+        return True, f"pulled the base image {s.serving_base_image}"
+    except docker.errors.DockerException as err:
+        return False, (f"the base image {s.serving_base_image} is not on the engine and cannot be pulled "
+                       f"({str(err)[:200]}); set MLOPS_SERVING_BASE_IMAGE or MLOPS_DEPLOY_BACKEND=docker")
+
+
 def get_backend(name: str | None = None, s: Settings | None = None):
     s = s or settings()
     name = name or s.deploy_backend
     if name == "auto":
-        name = "docker" if docker_available(s) else "local"
+        ok, why = docker_can_build(s)
+        name = "docker" if ok else "local"
+        log.warning("MLOPS_DEPLOY_BACKEND=auto chose %s: %s", name, why)
     if name == "docker":
         return DockerBackend(s)
     if name == "local":
@@ -299,11 +326,13 @@ def ensure_gateway(s: Settings | None = None) -> dict:
     port = int(s.gateway_url.rsplit(":", 1)[1].split("/")[0])
     logs = s.state_dir / "deploy" / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    subprocess.Popen(
+    proc = subprocess.Popen(
         [sys.executable, "-m", "include.gateway", "--port", str(port)],
         stdout=open(logs / "gateway.log", "ab"), stderr=subprocess.STDOUT,  # noqa: SIM115
         start_new_session=True, cwd=PROJECT_ROOT, env=os.environ.copy(),
     )
+    # `stop` must find this state dir's gateway whatever port the caller's environment names
+    _gateway_proc_file(s).write_text(json.dumps({"pid": proc.pid, "url": s.gateway_url}))
     deadline = time.time() + 30
     while time.time() < deadline:
         status = gateway_status(s)
@@ -323,9 +352,24 @@ def gateway_switch(upstream: dict, *, why: str, s: Settings | None = None, requi
     return r.json()
 
 
+def _gateway_proc_file(s: Settings) -> Path:
+    return s.state_dir / "deploy" / "gateway.proc.json"
+
+
+def _gateway_state_file(s: Settings) -> Path:
+    return s.state_dir / "deploy" / "gateway.json"
+
+
 def stop_gateway(s: Settings | None = None) -> None:
-    """Stop the embedded gateway process (tests, `make clean-state`)."""
+    """Stop this state dir's gateway process (tests, `make stop`, `make clean-state`)."""
     s = s or settings()
+    proc_file = _gateway_proc_file(s)
+    if proc_file.exists():
+        try:
+            os.killpg(int(json.loads(proc_file.read_text())["pid"]), signal.SIGTERM)
+        except (ProcessLookupError, ValueError, KeyError, json.JSONDecodeError):
+            pass
+        proc_file.unlink(missing_ok=True)
     port = s.gateway_url.rsplit(":", 1)[1].split("/")[0]
     subprocess.run(["pkill", "-f", f"include.gateway --port {port}"], check=False)
 
@@ -478,9 +522,16 @@ def already_deployed(model: str, version: str) -> bool:
 
 
 def stop_all(s: Settings | None = None) -> list[str]:
-    """Stop the servers the gateway knows about and the gateway itself (`make stop`)."""
+    """Stop the servers the gateway knows about and the gateway itself (`make stop`).
+
+    The routes come from the state dir's own gateway file, so this works even when the caller's
+    environment names another port (or the gateway is already down).
+    """
+    from include.gateway import GatewayState
+
     s = s or settings()
-    routes = (gateway_status(s) or {}).get("models") or {}
+    # the file the gateway itself keeps: never another state dir's gateway that happens to answer
+    routes = GatewayState(_gateway_state_file(s)).models
     stopped = []
     for model, route in routes.items():
         for inst in (route.get("active"), route.get("fallback")):

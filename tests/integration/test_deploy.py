@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -171,6 +173,23 @@ def test_deploy_switch_under_load_then_broken_version_rolls_back(deploy_env):
     assert (Path(s.reports_dir) / "deployments.jsonl").read_text().splitlines() == audit
     events = [json.loads(line)["event"] for line in audit]
     assert events == ["deployed", "deployed", "rolled_back"]
+
+    # `stop` with only the state dir in its environment stops THIS state dir's gateway and servers
+    # (it used to ask the default port and answer "nothing was serving")
+    from include.deployment import gateway_route, gateway_status
+
+    serving = gateway_route(SESSIONS_MODEL)[0]
+    env = {k: v for k, v in os.environ.items() if k not in ("MLOPS_SERVING_PORT", "MLOPS_GATEWAY_URL")}
+    out = subprocess.run([sys.executable, "-m", "include.deployment", "stop"], env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0 and f"{SESSIONS_MODEL} v{v2}" in out.stdout, out.stdout + out.stderr
+    deadline = time.time() + 30
+    while time.time() < deadline and gateway_status() is not None:
+        time.sleep(0.2)
+    assert gateway_status() is None, "the gateway still answers after stop"
+    from include.deployment import backend_for
+
+    assert not backend_for(serving).alive(serving), "the model server still runs after stop"
 
 
 def test_new_server_dying_after_the_switch_sends_traffic_back(deploy_env):
