@@ -69,6 +69,9 @@ DEFAULT_BATCH_ROWS = 131_072
 # ------------------------------------------------------------------------------------- policy
 
 
+SCALED_FLOOR = 100  # the smallest sample a scaled minimum goes down to
+
+
 @dataclass(frozen=True)
 class DriftPolicy:
     """When a drift check may judge, what counts as drift, and how often it may retrain.
@@ -79,7 +82,10 @@ class DriftPolicy:
       (see :func:`sample_for_drift`) while a check stays a few seconds on 1M+ row windows.
     * ``min_sample_size=500``: below it only shifts of about 0.2 std or more are reliably
       detected (KS critical distance at 500 vs 50k rows is 0.061); a quiet night should not make
-      a judgement either way.
+      a judgement either way. When the policy file does not set it, it scales with the data the
+      champion was trained on: 10% of the reference rows, at least ``SCALED_FLOOR`` (100: KS
+      critical distance 0.14, i.e. only large shifts are called), at most 500; so a dataset of a
+      few hundred rows still gets verdicts. ``min_labeled`` scales the same way (20%, 100..1000).
     * ``alpha=0.05`` with ``correction="bh"``; effect floors 0.1 (Evidently's defaults).
     * ``drift_share=0.3``: a third of the inputs moved is a different population; fewer moved
       features trigger only when they are listed as ``critical_features``.
@@ -112,6 +118,21 @@ class DriftPolicy:
     # >0: a drift retrain fits on the newest N days only (train's `window_days`), so the new model
     # learns the world that drifted instead of mostly the one before it; 0: all data
     retrain_window_days: float = 0.0
+    # keys the policy file set; the others may be scaled to the dataset (see scaled_to)
+    explicit: frozenset[str] = field(default=frozenset(), compare=False, repr=False)
+
+    def scaled_to(self, n_reference: int) -> DriftPolicy:
+        """Minimum sample sizes the policy file left unset, relative to the reference rows seen."""
+        from dataclasses import replace
+
+        changes = {}
+        for key, share in (("min_sample_size", 0.1), ("min_labeled", 0.2)):
+            default = next(f.default for f in fields(self) if f.name == key)
+            # a value someone chose (in the file, or in code) is kept as it is
+            if key not in self.explicit and getattr(self, key) == default:
+                changes[key] = int(min(default, max(SCALED_FLOOR, share * n_reference)))
+        changes["min_sample_size"] = min(changes.get("min_sample_size", self.min_sample_size), self.sample_size)
+        return replace(self, **changes)
 
     def __post_init__(self) -> None:
         problems = []
@@ -145,7 +166,7 @@ class DriftPolicy:
             if k in raw:
                 raw[k] = {str(m): float(v) for m, v in (raw[k] or {}).items()}
         try:
-            return cls(**raw)
+            return cls(**raw, explicit=frozenset(raw))
         except (TypeError, ValueError) as err:
             raise ValueError(f"{where}: {err}") from err
 
@@ -165,6 +186,7 @@ class DriftPolicy:
 
     def to_dict(self) -> dict:
         d = asdict(self)
+        d.pop("explicit")
         d["critical_features"] = list(self.critical_features)
         return d
 
@@ -1003,6 +1025,7 @@ def run_drift_check(
         return replay
 
     n_ref_total, n_cur_total = count_rows(reference_df), count_rows(current_df)
+    policy = policy.scaled_to(n_ref_total)
     out_dir = (settings().reports_dir / "drift" / dataset / f"{_safe_dir_name(model_name)}-v{model_version}"
                / (_safe_dir_name(run_key) if run_key else now.strftime("%Y%m%dT%H%M%SZ")))
     if min(n_ref_total, n_cur_total) < policy.min_sample_size:

@@ -339,3 +339,19 @@ def test_retrain_window_is_a_policy_setting():
     assert DriftPolicy.from_dict({}).retrain_window_days == 0
     assert DriftPolicy.from_dict({"retrain_window_days": 3}).retrain_window_days == 3
     assert DriftPolicy.load("sessions").retrain_window_days == 0
+
+
+def test_unset_minimum_samples_scale_with_the_reference_with_a_floor(tmp_path):
+    from include.drift import SCALED_FLOOR, DriftPolicy
+
+    default = DriftPolicy()
+    assert default.scaled_to(50_000).min_sample_size == 500  # big data: the documented default
+    small = default.scaled_to(2_000)
+    assert (small.min_sample_size, small.min_labeled) == (200, 400)  # 10% / 20% of what was seen
+    tiny = default.scaled_to(300)
+    assert tiny.min_sample_size == tiny.min_labeled == SCALED_FLOOR
+    # what a policy file sets is kept, whatever the data size
+    (tmp_path / "drift_toy.yaml").write_text("min_sample_size: 800\nsample_size: 1000\n")
+    chosen = DriftPolicy.load("toy", tmp_path).scaled_to(300)
+    assert chosen.min_sample_size == 800 and chosen.min_labeled == SCALED_FLOOR
+    assert "explicit" not in chosen.to_dict()
