@@ -57,7 +57,7 @@ def test_drifted_traffic_triggers_retraining(live_airflow):
     monitor = live.wait_run("monitor_drift", run_id, timeout=300)
     assert monitor["state"] == "success", live.task_states("monitor_drift", run_id)
     states = live.task_states("monitor_drift", run_id)
-    assert states["trigger_train[-1]"] == "success", states
+    assert states["trigger_train[0]"] == "success", states
     train = live.wait_run("train", f"drift__{run_id}__sessions", timeout=300)
     assert train["state"] == "success", live.task_states("train", train["dag_run_id"])
     assert train["conf"]["reason"] == "drift" and train["conf"]["drifted_features"]
@@ -67,7 +67,7 @@ def test_retrain_cli_reason_reaches_lineage_tags(live_airflow):
     live = live_airflow
     before = len(live.runs("train"))
     proc = subprocess.run(
-        [str(Path(sys.executable).parent / "retrain"), "--reason", "cli-e2e: promo season", "--wait",
+        [str(Path(sys.executable).parent / "retrain"), "--dataset", "sessions", "--reason", "cli-e2e: promo season", "--wait",
          "--timeout", "600"],
         env={**live.env, "MLOPS_AIRFLOW_API_URL": live.url}, capture_output=True, text=True, timeout=700,
     )
