@@ -59,6 +59,7 @@ SLICE_MAX_VALUES = 10
 #: Rows profiled at most; a bigger file is profiled on its first rows (and the output says so).
 MAX_ROWS = 1_000_000
 _SNIFF_BYTES = 64 * 1024
+_DATE_SAMPLE = 500
 _DELIMITERS = ",;\t|"
 # cp1252 before latin-1: it is what "not UTF-8" CSVs from Excel on Windows are, and it decodes the
 # same letters as latin-1 plus the quotes and dashes latin-1 puts in control-code slots.
@@ -212,12 +213,15 @@ def profile_column(name: str, s: pd.Series) -> _Profile:
         p.dtype, p.why = "empty", "every value is missing"
         return p
 
-    nums = pd.to_numeric(present, errors="coerce")
-    finite = np.isfinite(nums.to_numpy(dtype="float64", na_value=np.nan))
-    share_num = float(finite.mean())
-    leading_zero = present.str.fullmatch(r"[+-]?0\d+").any()
+    # judged on the distinct values: an id column has as many as rows, a category a handful
+    uniq = pd.Series(distinct, dtype=object)
+    values = pd.to_numeric(uniq, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
+    finite = np.isfinite(values)
+    text = uniq[~finite]
+    share_num = 1.0 - float(present.isin(text).mean()) if len(text) else 1.0
+    zeros = uniq[finite & uniq.str.fullmatch(r"[+-]?0\d+").to_numpy(dtype=bool)]
+    leading_zero = not zeros.empty
     if share_num == 1.0 and not leading_zero:
-        values = nums.to_numpy(dtype="float64")
         integral = bool(np.all(values % 1 == 0) and np.all(np.abs(values) < 2**53))
         p.dtype = "int" if integral else "float"
         p.lo, p.hi = float(values.min()), float(values.max())
@@ -226,25 +230,24 @@ def profile_column(name: str, s: pd.Series) -> _Profile:
             p.values.sort(key=float)
         return p
 
-    iso = _iso_datetimes(present)
-    if iso.notna().all():
+    # a sample first: most text columns fail on it, and the full parse is the slow part
+    if _iso_datetimes(present.iloc[:_DATE_SAMPLE]).notna().all() and _iso_datetimes(present).notna().all():
         p.dtype, p.why = "datetime", f"ISO 8601 dates/times, e.g. {_examples(present, 1)}"
         p.lo, p.hi = None, None
         return p
 
     kind = _closed_or_free(p)
     if share_num >= 0.5 and not leading_zero:
-        text = present[~finite]
-        p.why = (f"mixed: {share_num:.0%} numbers but {len(text):,} text value(s) such as "
-                 f"{_examples(pd.unique(text))}; ingest would reject those in a number column, so text "
+        n_text = int(present.isin(text).sum())
+        p.why = (f"mixed: {share_num:.0%} numbers but {n_text:,} text value(s) such as "
+                 f"{_examples(text)}; ingest would reject those in a number column, so text "
                  f"(clean them to make it numeric); {kind}")
     elif leading_zero and share_num == 1.0:
-        zeros = present[present.str.match(r"[+-]?0\d")]
         p.why = f"digits with leading zeros (e.g. {_examples(zeros, 2)}): codes, kept as text; {kind}"
     else:
-        dates = _any_datetimes(present)
-        has_digit = present.str.contains(r"\d").all()
-        if has_digit and dates.notna().mean() >= 0.95:
+        # only to explain the choice, so a sample will do (dateutil parses ~5k values a second)
+        some = pd.Series(distinct[:_DATE_SAMPLE], dtype=object)
+        if some.str.contains(r"\d").all() and _any_datetimes(some).notna().mean() >= 0.95:
             p.why = (f"dates, but not ISO 8601 (e.g. {_examples(pd.unique(present), 2)}); ingest parses ISO 8601 "
                      "only, so text (write them as 2026-03-01T12:00:00Z to make it a datetime or the "
                      f"timestamp); {kind}")
