@@ -177,10 +177,15 @@ def validate_landed(batch_ref: str, dataset: str, s: Settings | None = None) -> 
 
 
 def commit_validated(batches: list[dict], dataset: str, s: Settings | None = None) -> dict | None:
-    """Commit validated batches to the DVC dataset in order; return the newest version's extra.
+    """Commit validated batches to the DVC dataset in order; return the extra of the revision to announce.
 
-    Returns None when every batch was already in the dataset (nothing new to announce).
+    Safe to retry after a crash anywhere: each batch is committed once (the data repo repairs a
+    half-done commit, see :meth:`DataRepo.commit_batch`) and leaves the landing zone only once its
+    commit is pushed. Returns the dataset's revision as the ``dataset`` Asset extra unless that
+    revision was already confirmed announced (:func:`confirm_announced`), else None. A retry that
+    finds the commit done therefore still returns it; the DAG confirms it after the event is recorded.
     """
+    from include.crashpoints import crash_point
     from include.spec import load_spec
     from include.validation import read_batch
     from include.versioning import DataRepo
@@ -188,22 +193,34 @@ def commit_validated(batches: list[dict], dataset: str, s: Settings | None = Non
     s = s or settings()
     spec = load_spec(dataset, s.specs_dir)
     repo = DataRepo(s)
-    newest, created = None, False
+    newest = None
     for b in batches:
         # Re-read rather than pass data through XCom; the file was validated moments ago and its
-        # md5 is re-checked so a file swapped in between cannot slip past the gate.
+        # md5 is re-checked so a file swapped in between can neither slip past the gate nor be
+        # archived in place of the batch that was committed. A missing file is a retry's: the
+        # batch was archived, so its commit is at HEAD and nothing needs reading.
         path = Path(b["path"])
-        if file_md5(path) != b["md5"]:
+        if path.exists() and file_md5(path) != b["md5"]:
             raise RuntimeError(f"batch {b['batch']} changed after validation; re-run the ingest")
-        df = read_batch(path, spec)
-        version = repo.commit_batch(
-            dataset, df, batch_md5=b["md5"], batch_name=Path(b["batch"]).name,
-            validation_id=b["validation_id"],
+        newest = repo.commit_batch(
+            dataset, lambda path=path: read_batch(path, spec), batch_md5=b["md5"],
+            batch_name=Path(b["batch"]).name, validation_id=b["validation_id"],
         )
+        crash_point("ingest.after_push")
         archive(b["batch"], s)
         if b["batch"].startswith("s3://"):
             path.unlink(missing_ok=True)  # the staged copy; the data now lives in DVC
-        newest, created = version, created or version.created
-    if newest is None or not created:
+    if newest is None or repo.announced(dataset, newest.dvc_rev):
         return None
     return newest.asset_extra()
+
+
+def confirm_announced(extra: dict, s: Settings | None = None) -> None:
+    """Record that the ``dataset`` event for this extra is durable, so no later run announces it again.
+
+    Call it after the task that emitted the event has succeeded (a downstream task): Airflow
+    writes the event together with that task's success, never before.
+    """
+    from include.versioning import DataRepo
+
+    DataRepo(s or settings()).mark_announced(extra["dataset"], extra["dvc_rev"])

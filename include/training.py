@@ -48,6 +48,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from include.config import PROJECT_ROOT, settings
+from include.crashpoints import crash_point
 from include.spec import DatasetSpec
 from include.tracking import client, configure_mlflow, with_retry
 
@@ -108,6 +109,9 @@ LINEAGE_KEYS = ("data_rev", "data_md5", "validation_id", "dataset", "dag_run_id"
 # The `dataset` Asset's extra says {dvc_rev, md5}: accepted for {data_rev, data_md5}.
 LINEAGE_ALIASES = {"data_rev": "dvc_rev", "data_md5": "md5"}
 MODEL_ARTIFACT = "model"
+# Run tags that describe the run, not the version (every other non-system run tag is a version tag).
+MODEL_URI_TAG = "model_uri"
+RUN_ONLY_TAGS = frozenset({"code_dirty", "registered_version", MODEL_URI_TAG})
 HOLDOUT_ARTIFACT = "holdout/holdout.parquet"
 MISSING = "__missing__"
 
@@ -559,21 +563,41 @@ def _result_from_version(mv) -> dict:
 
 
 def _find_existing(name: str, run_key: str, experiment_id: str) -> dict | None:
-    """The READY version for ``run_key``, after removing leftovers of an interrupted attempt."""
+    """The complete version for ``run_key``, after finishing or removing what an attempt left.
+
+    Complete = READY and its run FINISHED. A FINISHED run with a logged model but no version is
+    committed work whose process died before registering: it is registered now (roll forward).
+    Anything else under the key (RUNNING or FAILED runs, versions of unfinished runs) is deleted
+    (roll back) and the caller trains again.
+    """
     c = client()
+    runs = {r.info.run_id: r for r in with_retry(c.search_runs, [experiment_id], f"tags.run_key = '{run_key}'")}
     ready = None
     for mv in _versions_with_key(name, run_key):
-        if mv.status == "READY" and ready is None:
+        run = runs.get(mv.run_id)  # a deleted run is not returned: its version is not complete either
+        if ready is None and mv.status == "READY" and run is not None and run.info.status == "FINISHED":
             ready = mv
-        else:
-            log.warning("deleting model version %s v%s left by an interrupted attempt (status %s)",
-                        name, mv.version, mv.status)
-            with_retry(c.delete_model_version, name, mv.version)
+            continue
+        log.warning("deleting model version %s v%s left by an interrupted attempt (version %s, run %s)",
+                    name, mv.version, mv.status, run.info.status if run else "deleted")
+        with_retry(c.delete_model_version, name, mv.version)
+    if ready is None:
+        committed = sorted((r for r in runs.values()
+                            if r.info.status == "FINISHED" and r.data.tags.get(MODEL_URI_TAG)),
+                           key=lambda r: r.info.start_time)
+        if committed:
+            run = committed[0]
+            log.warning("run %s (run_key %s) finished without its version: registering it", run.info.run_id, run_key)
+            tags = {k: v for k, v in run.data.tags.items() if not k.startswith("mlflow.") and k not in RUN_ONLY_TAGS}
+            ready = _register(run.data.tags[MODEL_URI_TAG], name, tags, run_key)
+    if ready is not None and runs.get(ready.run_id) is not None \
+            and runs[ready.run_id].data.tags.get("registered_version") != str(ready.version):
+        with_retry(c.set_tag, ready.run_id, "registered_version", str(ready.version))
     keep = {ready.run_id} if ready else set()
-    runs = with_retry(c.search_runs, [experiment_id], f"tags.run_key = '{run_key}'")
-    for run in runs:
+    for run in runs.values():
         if run.info.run_id not in keep:
-            log.warning("deleting run %s (run_key %s) that has no registered version", run.info.run_id, run_key)
+            log.warning("deleting run %s (run_key %s, %s) that has no complete version",
+                        run.info.run_id, run_key, run.info.status)
             if run.info.status == "RUNNING":
                 with_retry(c.set_terminated, run.info.run_id, "FAILED")
             with_retry(c.delete_run, run.info.run_id)
@@ -684,50 +708,59 @@ def train_and_register(
             **{f"hp.{k}": v for k, v in hp.items()},
         }
         mv = None
+        # An exception in here ends the run FAILED (the context manager) with no version to undo.
         with warnings.catch_warnings(), mlflow.start_run(experiment_id=experiment_id, tags=_str_tags(run_tags)) as run:
             run_id = run.info.run_id
             # MLflow hints that int columns cannot hold NaN; the spec decides nullability, not MLflow.
             warnings.filterwarnings("ignore", message=".*Inferred schema contains integer column", category=UserWarning)
             _hush_skops_module_scan()
-            try:
-                mlflow.log_params(run_params)
-                mlflow.log_metrics(metrics)
-                for i, t in enumerate(tried):
-                    mlflow.log_metric(f"search_val_{PRIMARY_METRIC[spec.task]}",
-                                      t[f"val_{PRIMARY_METRIC[spec.task]}"], step=i)
-                source = DvcDatasetSource(lin["dataset"], lin["data_rev"], lin["data_md5"], str(settings().data_repo))
-                for context, part in (("training", train), ("validation", val), ("testing", test)):
-                    ds = mlflow.data.from_pandas(part, source=source, name=f"{lin['dataset']}-{context}",
-                                                 targets=spec.target)
-                    mlflow.log_input(ds, context=context)
+            mlflow.log_params(run_params)
+            mlflow.log_metrics(metrics)
+            for i, t in enumerate(tried):
+                mlflow.log_metric(f"search_val_{PRIMARY_METRIC[spec.task]}",
+                                  t[f"val_{PRIMARY_METRIC[spec.task]}"], step=i)
+            source = DvcDatasetSource(lin["dataset"], lin["data_rev"], lin["data_md5"], str(settings().data_repo))
+            for context, part in (("training", train), ("validation", val), ("testing", test)):
+                ds = mlflow.data.from_pandas(part, source=source, name=f"{lin['dataset']}-{context}",
+                                             targets=spec.target)
+                mlflow.log_input(ds, context=context)
 
-                with tempfile.TemporaryDirectory(prefix="train-") as tmp:
-                    tmp_path = Path(tmp)
-                    _write_plots(tmp_path / "plots", model, spec, test, val, *scores["test"], seed)
-                    mlflow.log_artifacts(str(tmp_path / "plots"), "plots")
-                    holdout_cols = [c for c in spec.column_names if c in test.columns]
-                    hpath = tmp_path / "holdout" / "holdout.parquet"
-                    hpath.parent.mkdir()
-                    test[holdout_cols].to_parquet(hpath, index=False)
-                    mlflow.log_artifact(str(hpath), "holdout")
-                    if tried:
-                        (tmp_path / "candidates.json").write_text(json.dumps(tried, indent=2, default=str))
-                        mlflow.log_artifact(str(tmp_path / "candidates.json"), "search")
+            with tempfile.TemporaryDirectory(prefix="train-") as tmp:
+                tmp_path = Path(tmp)
+                _write_plots(tmp_path / "plots", model, spec, test, val, *scores["test"], seed)
+                mlflow.log_artifacts(str(tmp_path / "plots"), "plots")
+                holdout_cols = [c for c in spec.column_names if c in test.columns]
+                hpath = tmp_path / "holdout" / "holdout.parquet"
+                hpath.parent.mkdir()
+                test[holdout_cols].to_parquet(hpath, index=False)
+                mlflow.log_artifact(str(hpath), "holdout")
+                if tried:
+                    (tmp_path / "candidates.json").write_text(json.dumps(tried, indent=2, default=str))
+                    mlflow.log_artifact(str(tmp_path / "candidates.json"), "search")
 
-                example = train[cols].head(5)
-                # the signature describes the pyfunc flavor (predict -> labels); scores: predict_scores()
-                signature = infer_signature(train[cols].head(500), model.predict(train[cols].head(500)))
-                info = mlflow.sklearn.log_model(
-                    model, name=MODEL_ARTIFACT, signature=signature, input_example=example,
-                    skops_trusted_types=SKOPS_TRUSTED_TYPES,
-                    pip_requirements=_pip_requirements(),
-                )
-                # Registered with its lineage tags in one call: a version never exists without run_key.
-                mv = _register(info.model_uri, name, _str_tags(version_tags), run_key)
-                mlflow.set_tag("registered_version", str(mv.version))
-            except BaseException:
-                _cleanup_failed(name, run_key, mv)
-                raise
+            example = train[cols].head(5)
+            # the signature describes the pyfunc flavor (predict -> labels); scores: predict_scores()
+            signature = infer_signature(train[cols].head(500), model.predict(train[cols].head(500)))
+            info = mlflow.sklearn.log_model(
+                model, name=MODEL_ARTIFACT, signature=signature, input_example=example,
+                skops_trusted_types=SKOPS_TRUSTED_TYPES,
+                pip_requirements=_pip_requirements(),
+            )
+            # Lets a retry register this run's model if the process dies once the run is FINISHED.
+            mlflow.set_tag(MODEL_URI_TAG, info.model_uri)
+            crash_point("train.after_log_model")
+        # The run is FINISHED here: the commit point. Only now may a version point at it, so the
+        # gate never sees a version whose run is still RUNNING or has failed.
+        crash_point("train.after_finish")
+        try:
+            # Registered with its lineage tags in one call: a version never exists without run_key.
+            mv = _register(info.model_uri, name, _str_tags(version_tags), run_key)
+            crash_point("train.after_register")
+            with_retry(client().set_tag, run_id, "registered_version", str(mv.version))
+        except BaseException:
+            if _cleanup_failed(name, run_key, mv):
+                _set_failed(run_id)  # undone: the retry trains again rather than adopt this run
+            raise
         log.info("trained %s v%s (%s) in %.1fs: test %s=%.4f", name, mv.version, family, time.perf_counter() - t0,
                  PRIMARY_METRIC[spec.task], metrics[metric_key("test", PRIMARY_METRIC[spec.task])])
         return {
@@ -763,19 +796,33 @@ def _register(model_uri: str, name: str, tags: dict[str, str], run_key: str, att
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def _cleanup_failed(name: str, run_key: str, mv) -> None:
-    """No half-registered version may remain: delete any version of this attempt (run becomes FAILED)."""
+def _cleanup_failed(name: str, run_key: str, mv) -> bool:
+    """No half-registered version may remain: delete any version of this attempt.
+
+    True when none remains; False when the registry could not be asked or a deletion failed, and
+    the next attempt's :func:`_find_existing` has to judge what is there.
+    """
+    clean = True
     try:
         versions = _versions_with_key(name, run_key)
     except Exception:  # registry unreachable: the next attempt's _find_existing cleans up
         log.exception("could not look up versions for run_key %s during cleanup", run_key)
-        versions = [mv] if mv is not None else []
+        versions, clean = ([mv] if mv is not None else []), False
     for v in versions:
         try:
             client().delete_model_version(name, v.version)
             log.warning("deleted model version %s v%s of a failed attempt", name, v.version)
         except Exception:
             log.exception("could not delete model version %s v%s", name, v.version)
+            clean = False
+    return clean
+
+
+def _set_failed(run_id: str) -> None:
+    try:
+        client().set_terminated(run_id, "FAILED")
+    except Exception:  # the run stays FINISHED without a version; the next attempt registers it
+        log.exception("could not mark run %s FAILED", run_id)
 
 
 def _pip_requirements() -> list[str]:

@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from include.config import Settings, settings
+from include.crashpoints import crash_point
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,15 @@ class DatasetVersion:
         extra = asdict(self)
         extra.pop("created")
         return extra
+
+
+# Local refs in the data repo, never committed: HEAD as last pushed to the DVC remote, and the
+# newest revision of each dataset whose `dataset` Asset event is known to be recorded.
+PUSHED_REF = "refs/mlops/pushed"
+
+
+def _announced_ref(dataset: str) -> str:
+    return f"refs/mlops/announced/{dataset}"
 
 
 def _git_env() -> dict[str, str]:
@@ -144,48 +154,133 @@ class DataRepo:
         dvc_file = self.path / "data" / f"{dataset}.dvc"
         return yaml.safe_load(dvc_file.read_text())["outs"][0]["md5"]
 
+    # -- the commit protocol ------------------------------------------------------------------
+    # One commit point: the git commit of the manifest. Everything before it (parquet written,
+    # `dvc add`, manifest written or staged) is undone on the next entry; everything after it
+    # (`dvc push`, archiving, announcing) is redone until it is done. So only the manifest AT
+    # HEAD says which batches are in a dataset, and every step after the commit is idempotent.
+
+    def _dataset_paths(self, dataset: str) -> list[str]:
+        # data/.gitignore is shared by the datasets, but nothing else writes it between commits
+        return [f"data/{dataset}.dvc", "data/.gitignore", f"manifests/{dataset}.json"]
+
+    def _head_manifest(self, dataset: str) -> list[dict]:
+        return json.loads(self._show("HEAD", f"manifests/{dataset}.json") or "[]")
+
+    def _repair(self, dataset: str) -> None:
+        """Undo an interrupted commit of ``dataset`` back to HEAD, and push HEAD if it never was.
+
+        Runs under the lock, so any difference from HEAD is a leftover of a process that died.
+        """
+        paths = self._dataset_paths(dataset)
+        dirty = self._run("git", "status", "--porcelain", "--untracked-files=all", "--", *paths).stdout.strip()
+        if dirty:
+            log.warning("undoing an interrupted commit of %s (uncommitted: %s)", dataset, dirty.replace("\n", "; "))
+            self._run("git", "reset", "-q", "--", *paths)
+            for rel in paths:
+                if self._run("git", "cat-file", "-e", f"HEAD:{rel}", check=False).returncode == 0:
+                    self._run("git", "checkout", "--", rel)
+                else:
+                    (self.path / rel).unlink(missing_ok=True)
+        committed = {e["file"] for e in self._head_manifest(dataset)}
+        data_dir = self.path / "data" / dataset
+        stray = [p for p in data_dir.iterdir() if p.is_file() and p.name not in committed] if data_dir.exists() else []
+        for p in stray:
+            log.warning("removing %s: written by an interrupted commit, not in %s at HEAD", p.name, dataset)
+            p.unlink()
+        if committed and not all((data_dir / f).is_file() for f in committed):
+            self._run("dvc", "checkout", "-q", f"data/{dataset}.dvc")
+        self._push_head()
+
+    def _push_head(self) -> None:
+        """``dvc push`` unless HEAD is known to be pushed (a git ref remembers the last push)."""
+        head = self.head()
+        if self._run("git", "rev-parse", "--verify", "-q", PUSHED_REF, check=False).stdout.strip() == head:
+            return
+        self._run("dvc", "push", "-q")
+        self._run("git", "update-ref", PUSHED_REF, head)
+
+    def dataset_rev(self, dataset: str) -> str | None:
+        """The newest commit that changed ``dataset`` (its revision; HEAD may be another dataset's)."""
+        return self._run("git", "log", "-1", "--format=%H", "HEAD", "--",
+                         f"manifests/{dataset}.json").stdout.strip() or None
+
+    def rev_added(self, dataset: str, batch_md5: str) -> str | None:
+        """The commit that added a batch, from git history (a sha cannot be written into its own commit)."""
+        out = self._run("git", "log", "--reverse", "--format=%H", f"-S{batch_md5}", "HEAD", "--",
+                        f"manifests/{dataset}.json").stdout.split()
+        return out[0] if out else None
+
     def commit_batch(
         self, dataset: str, df, *, batch_md5: str, batch_name: str, validation_id: str
     ) -> DatasetVersion:
-        """Add a validated batch to the dataset: dvc add + git commit + dvc push, once per batch."""
+        """Add a validated batch to the dataset once: dvc add + git commit (the commit point) + dvc push.
+
+        ``df`` is the batch, or a zero-argument callable returning it (read only when the batch is
+        not committed yet: a retry may find its file already archived). On return the batch is in
+        the dataset at HEAD and pushed, whatever an earlier attempt left behind.
+        """
         with self.lock():
             self.ensure()
-            entries = self.manifest(dataset)
-            for entry in entries:
-                if entry["batch_md5"] == batch_md5:
-                    log.info("batch %s (md5 %s) is already in %s at %s: nothing to commit",
-                             batch_name, batch_md5, dataset, entry["rev_added"])
-                    # A crash between commit and push must not leave data only local.
-                    self._run("dvc", "push", "-q")
-                    return self._version(dataset, entries, validation_id=entry["validation_id"],
-                                         batch_rows=entry["rows"], created=False)
+            self._repair(dataset)
+            entries = self._head_manifest(dataset)
+            if any(e["batch_md5"] == batch_md5 for e in entries):
+                log.info("batch %s (md5 %s) is already in %s since %s: nothing to commit",
+                         batch_name, batch_md5, dataset, (self.rev_added(dataset, batch_md5) or "?")[:10])
+                return self._version(dataset, entries, created=False)
+            if callable(df):
+                df = df()
             data_dir = self.path / "data" / dataset
             data_dir.mkdir(parents=True, exist_ok=True)
             fname = f"batch-{batch_md5[:16]}.parquet"
             df.to_parquet(data_dir / fname, index=False)
+            crash_point("ingest.after_parquet")
             self._run("dvc", "add", "-q", f"data/{dataset}")
+            crash_point("ingest.after_dvc_add")
             entries.append({
                 "batch_md5": batch_md5, "batch": batch_name, "file": fname, "rows": int(len(df)),
-                "validation_id": validation_id, "rev_added": None,
+                "validation_id": validation_id,
             })
             mpath = self._manifest_path(dataset)
             mpath.parent.mkdir(parents=True, exist_ok=True)
             mpath.write_text(json.dumps(entries, indent=2) + "\n")
-            self._run("git", "add", f"data/{dataset}.dvc", "data/.gitignore", str(mpath.relative_to(self.path)))
+            self._run("git", "add", *self._dataset_paths(dataset))
+            crash_point("ingest.after_manifest")
             self._run("git", "commit", "-q", "-m",
                       f"{dataset}: add batch {batch_name} ({len(df)} rows, validation {validation_id})")
-            self._run("dvc", "push", "-q")
+            crash_point("ingest.after_commit")
+            self._push_head()
             log.info("committed %s batch %s as %s and pushed to %s",
                      dataset, batch_name, self.head()[:10], self.settings.dvc_remote)
-            return self._version(dataset, entries, validation_id=validation_id,
-                                 batch_rows=int(len(df)), created=True)
+            return self._version(dataset, entries, created=True)
 
-    def _version(self, dataset, entries, *, validation_id, batch_rows, created) -> DatasetVersion:
+    def _version(self, dataset: str, entries: list[dict], *, created: bool) -> DatasetVersion:
+        # A function of the revision only, so every attempt that announces it says the same thing.
         return DatasetVersion(
-            dataset=dataset, dvc_rev=self.head(), md5=self._dataset_md5(dataset),
-            rows=sum(e["rows"] for e in entries), batch_rows=batch_rows, batches=len(entries),
-            validation_id=validation_id, created=created,
+            dataset=dataset, dvc_rev=self.dataset_rev(dataset), md5=self._dataset_md5(dataset),
+            rows=sum(e["rows"] for e in entries), batch_rows=entries[-1]["rows"], batches=len(entries),
+            validation_id=entries[-1]["validation_id"], created=created,
         )
+
+    # -- announcements ------------------------------------------------------------------------
+    # A revision is announced (the `dataset` Asset event) by the Airflow task that committed it,
+    # and Airflow records the event only when that task succeeds, after the library has returned.
+    # So the library cannot mark it announced itself: a mark written before the return would be
+    # a lost event if the worker died in between. The DAG confirms it from a downstream task,
+    # once the event is durable; until then every attempt hands the extra out again.
+
+    def announced(self, dataset: str, rev: str) -> bool:
+        """True when ``rev`` of ``dataset``, or a newer revision of it, was confirmed announced."""
+        mark = self._run("git", "rev-parse", "--verify", "-q", _announced_ref(dataset), check=False).stdout.strip()
+        if not mark:
+            return False
+        return mark == rev or self._run("git", "merge-base", "--is-ancestor", rev, mark, check=False).returncode == 0
+
+    def mark_announced(self, dataset: str, rev: str) -> None:
+        """Record that the event for ``rev`` is durable; never moves the mark back to an older rev."""
+        with self.lock():
+            if not self.announced(dataset, rev):
+                self._run("git", "update-ref", _announced_ref(dataset), rev)
 
     def resolve_rev(self, rev: str | None) -> str:
         """A full commit sha for ``rev`` ("latest"/None = HEAD); a clear error if it does not exist."""
