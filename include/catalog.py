@@ -28,17 +28,15 @@ def dataset_names(specs_dir: Path | None = None) -> list[str]:
     return sorted(p.stem for p in d.glob("*.yaml")) if d.is_dir() else []
 
 
-def default_model_name(dataset: str) -> str:
-    return f"{dataset}_model"
-
-
 def model_names(specs_dir: Path | None = None) -> dict[str, str]:
     """{registered model name: dataset} for every spec, read cheaply (parse-time safe)."""
+    from include.spec import default_model_name  # stdlib-only module: parse-time safe
+
     d = _specs_dir(specs_dir)
     out = {}
     for name in dataset_names(d):
         m = _MODEL_LINE.search((d / f"{name}.yaml").read_text(errors="replace"))
-        out[m.group(1) if m else default_model_name(name)] = name
+        out[m.group(1) if m else default_model_name(name)] = name  # the spec's own default
     return dict(sorted(out.items()))
 
 
