@@ -97,7 +97,8 @@ def trace_prediction(request_id: str, *, model: str | None = None) -> dict:
                 return trace_prediction(request_id, model=candidate)
             except LineageError:
                 continue
-        raise LineageError(f"request {request_id!r} is in no model's prediction log under {s.predictions_dir}")
+        raise LineageError(f"request {request_id!r} is not in the prediction log of any model "
+                          f"({', '.join(model_names())}) under {s.predictions_dir}")
     files = list_files(s.predictions_dir, model)
     if not files:
         raise LineageError(f"no prediction log for {model} under {s.predictions_dir}")

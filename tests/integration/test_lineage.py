@@ -63,6 +63,10 @@ def test_prediction_traces_back_to_data_validation_and_code(state):
 
     with pytest.raises(LineageError, match="not in the prediction log"):
         trace_prediction("no-such-request")
-    bad = subprocess.run([sys.executable, "-m", "include.lineage", "--model-version", "999"],
-                         capture_output=True, text=True)
+    bad = subprocess.run([sys.executable, "-m", "include.lineage", "--model", model["model"], "--model-version",
+                          "999"], capture_output=True, text=True)
     assert bad.returncode == 2 and "not in the registry" in bad.stderr
+    # a version number alone is ambiguous with several datasets: say so instead of guessing a model
+    which = subprocess.run([sys.executable, "-m", "include.lineage", "--model-version", "1"],
+                           capture_output=True, text=True)
+    assert which.returncode == 2 and "say which dataset" in which.stderr
