@@ -116,8 +116,11 @@ class LocalBackend:
         logs = self.s.state_dir / "deploy" / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         out = open(logs / f"{model}-v{version}-{port}.log", "ab")  # noqa: SIM115 - owned by the child
+        # under a supervisor: a server that dies is restarted on the same port (Docker's restart
+        # policy, for the embedded mode); stopping the process group stops both
         proc = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "include.serving.app:app", "--host", "127.0.0.1",
+            [sys.executable, "-m", "include.serving.supervise", "--",
+             sys.executable, "-m", "uvicorn", "include.serving.app:app", "--host", "127.0.0.1",
              "--port", str(port), "--log-level", "warning"],
             env={**os.environ, **serving_env(model, version, dataset, self.s)},
             stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=PROJECT_ROOT,
@@ -196,10 +199,13 @@ class DockerBackend:
         os.chmod(self.s.predictions_dir, 0o777)  # the container's non-root user appends the log
         return sorted({str(p) for p in paths})
 
-    def _create(self, image: str, command: list[str], env: dict[str, str], name: str | None = None) -> str:
+    def _create(self, image: str, command: list[str], env: dict[str, str], name: str | None = None,
+                restart: bool = False) -> str:
         mounts = self._mounts()
         host_config = self.api.create_host_config(
             network_mode=self.s.docker_network or "host", binds=[f"{p}:{p}:rw" for p in mounts],
+            # a model server that crashes is restarted by the engine; the gateway's fallback covers the gap
+            restart_policy={"Name": "unless-stopped"} if restart else None,
         )
         c = self.api.create_container(image=image, command=command, environment=env,
                                       host_config=host_config, name=name,
@@ -224,7 +230,7 @@ class DockerBackend:
         cid = self._create(
             image, ["python", "-m", "uvicorn", "include.serving.app:app", "--host", host,
                     "--port", str(port), "--log-level", "warning"],
-            serving_env(model, version, dataset, self.s), name=name,
+            serving_env(model, version, dataset, self.s), name=name, restart=True,
         )
         self.api.start(cid)
         url = f"http://127.0.0.1:{port}" if not self.s.docker_network else f"http://{name}:{port}"
