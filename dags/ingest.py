@@ -2,6 +2,7 @@
 ### ingest: validate landed batches with Great Expectations, version them with DVC
 
 `find_batches` ─► `validate` (one mapped task per batch) ─► `by_dataset` ─► `commit` (one per dataset) ─► `report`
+                                                                                     └─► `confirm`
 
 Every dataset has its own landing prefix: `<landing>/<dataset>/` (a directory or an S3 prefix;
 `<dataset>` is a spec name in `include/specs/`). The scheduled run takes every dataset's new files.
@@ -13,7 +14,9 @@ Every dataset has its own landing prefix: `<landing>/<dataset>/` (a directory or
 * **commit**: per dataset, `dvc add` + git commit + `dvc push` for each good batch (under a lock:
   DVC operations never overlap), then emits the `dataset` Asset with extra
   `{dataset, dvc_rev, md5, rows, validation_id}`, which schedules `train`. A batch that is already
-  in the dataset is a no-op.
+  in the dataset is a no-op. The git commit is the commit point: a retry after a crash anywhere in
+  it completes or undoes the partial state (docs/reliability.md) and still announces the revision.
+* **confirm**: records the announced revisions, so a later run never announces one twice.
 * **report**: fails the run if any batch was quarantined, listing where its report is.
 
 Run it by dropping CSV files into `MLOPS_LANDING/<dataset>/` (default `state/landing/<dataset>/`),
@@ -23,7 +26,7 @@ or trigger it from the UI with a glob, a dataset and **dry run** (validate only)
 from __future__ import annotations
 
 import pendulum
-from airflow.sdk import Metadata, Param, dag, task
+from airflow.sdk import Param, dag, task
 
 from include.assets import DATASET
 from include.catalog import dataset_names
@@ -94,19 +97,31 @@ def ingest():
             groups.setdefault(v["dataset"], []).append(v)
         return [{"dataset": d, "batches": b} for d, b in groups.items()]
 
-    @task(outlets=[DATASET], map_index_template="{{ dataset }}")
-    def commit(group: dict):
+    @task(outlets=[DATASET], map_index_template="{{ dataset }}", multiple_outputs=False)
+    def commit(group: dict, outlet_events=None) -> dict:
         from airflow.sdk import get_current_context
         from airflow.sdk.exceptions import AirflowSkipException
 
         from include.ingestion import commit_validated
 
         get_current_context()["dataset"] = group["dataset"]
+        # a retry after a crash finds the commit done and returns the same extra until `confirm`
+        # records the event as announced: the revision is announced once, never lost
         extra = commit_validated(group["batches"], group["dataset"])
         if extra is None:
             raise AirflowSkipException(f"every {group['dataset']} batch was already in the dataset: nothing new")
         print(f"dataset {extra['dataset']} is now at {extra['dvc_rev'][:10]}: {extra}")
-        yield Metadata(DATASET, extra)
+        outlet_events[DATASET].extra = extra  # recorded by Airflow together with this task's success
+        return extra
+
+    @task(trigger_rule="all_done")
+    def confirm(extras: list[dict]) -> None:
+        """The events of the commits that succeeded are recorded now: no later run repeats them."""
+        from include.ingestion import confirm_announced
+
+        for extra in extras:
+            if extra:
+                confirm_announced(extra)
 
     @task(trigger_rule="all_done")
     def report(batches: list[dict], validated: list[dict]) -> None:
@@ -119,7 +134,9 @@ def ingest():
 
     batches = find_batches()
     validated = validate.expand(batch=batches)
-    commit.expand(group=by_dataset(validated)) >> report(batches, validated)
+    committed = commit.expand(group=by_dataset(validated))
+    committed >> report(batches, validated)
+    confirm(committed)
 
 
 ingest()
