@@ -65,6 +65,30 @@ class LiveAirflow:
                            f"runs: {[(r['dag_run_id'], r['state']) for r in self.runs(dag_id)]}\n"
                            f"{self.log.read_text()[-4000:]}")
 
+    def set_paused(self, dag_id: str, paused: bool) -> None:
+        with self.client() as c:
+            c.patch(f"/api/v2/dags/{dag_id}", json={"is_paused": paused}).raise_for_status()
+
+    def clear_queued_asset_events(self, dag_id: str) -> None:
+        """Forget the Asset events waiting to schedule dag_id (so unpausing it starts no run)."""
+        with self.client() as c:
+            r = c.delete(f"/api/v2/dags/{dag_id}/assets/queuedEvents")
+            assert r.status_code in (204, 404), r.text  # 404: nothing queued
+
+    def dag_params(self, dag_id: str) -> dict:
+        """The DAG's Params as the API server has them: {name: default value}."""
+        with self.client() as c:
+            r = c.get(f"/api/v2/dags/{dag_id}/details")
+            r.raise_for_status()
+            return {k: p.get("value") for k, p in (r.json().get("params") or {}).items()}
+
+    def python(self, code: str, timeout: float = 120) -> str:
+        """Run code in this deployment's environment (its MLflow, data repo, ...); its last stdout line."""
+        out = subprocess.run([sys.executable, "-c", code], env=self.env, capture_output=True, text=True,
+                             timeout=timeout)
+        assert out.returncode == 0, out.stderr[-3000:]
+        return out.stdout.strip().splitlines()[-1] if out.stdout.strip() else ""
+
     def task_states(self, dag_id: str, run_id: str) -> dict[str, str]:
         from urllib.parse import quote
 
@@ -97,6 +121,18 @@ def _spawn(cmd: list[str], env: dict, log: Path) -> subprocess.Popen:
                             start_new_session=True)
 
 
+def _group_alive(pgid: int) -> bool:
+    """Does any live (not zombie) process remain in process group pgid?"""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            state, _ppid, group = stat.read_text().rsplit(")", 1)[1].split()[:3]
+        except (OSError, ValueError):
+            continue
+        if group == str(pgid) and state != "Z":
+            return True
+    return False
+
+
 def _kill(procs: list[subprocess.Popen]) -> None:
     for p in procs:
         try:
@@ -107,17 +143,29 @@ def _kill(procs: list[subprocess.Popen]) -> None:
         try:
             p.wait(timeout=30)
         except subprocess.TimeoutExpired:
+            pass
+        # `airflow standalone` exits on SIGTERM before its children do, and its scheduler (with the
+        # LocalExecutor's workers) may never finish shutting down: whatever is left gets SIGKILL
+        deadline = time.time() + 5
+        while _group_alive(p.pid) and time.time() < deadline:
+            time.sleep(0.2)
+        try:
             os.killpg(p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 @contextmanager
-def live_stack(mode: str, state: Path, *, s3_url: str | None = None, extra_env: dict | None = None):
+def live_stack(mode: str, state: Path, *, s3_url: str | None = None, extra_env: dict | None = None,
+               dag_ids: tuple[str, ...] = ("ingest", "train")):
     """A live Airflow in either mode, same DAGs, same REST API:
 
     * embedded: `airflow standalone` (LocalExecutor, SQLite), MLflow on SQLite, DVC remote a dir;
     * distributed: api-server + scheduler + dag-processor + Celery worker as separate processes,
       PostgreSQL metadata DB, Redis broker, an `mlflow server` on PostgreSQL with S3 artifacts, and
       the DVC remote on S3 (moto's S3 API server stands in for S3/MinIO).
+
+    It yields once the DAGs in dag_ids are registered.
     """
     port, serving_port = free_port(), free_port()
     env = _base_env(state)
@@ -163,7 +211,7 @@ def live_stack(mode: str, state: Path, *, s3_url: str | None = None, extra_env: 
         while time.time() < deadline:
             with live.client() as c:
                 ids = {d["dag_id"] for d in c.get("/api/v2/dags").json().get("dags", [])}
-            if {"ingest", "train"} <= ids:
+            if set(dag_ids) <= ids:
                 break
             time.sleep(2)
         yield live
