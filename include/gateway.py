@@ -1,8 +1,9 @@
 """The serving gateway: one stable endpoint in front of blue/green model servers, per model.
 
 Every dataset's registered model has its own route, ``/models/<model>/...`` (``predict``,
-``schema``, ``info``, ...); the plain paths (``/predict``) reach the model when exactly one is
-deployed. Deploying or rolling back one model never touches another's route.
+``schema``, ``info``, ...), and its Open Inference Protocol paths ``/v2/models/<model>/...``; the
+plain paths (``/predict``, ``/invocations``, ``/v2``, ``/v2/health/*``) reach the model when
+exactly one is deployed. Deploying or rolling back one model never touches another's route.
 
 Why a gateway (and not only a hot model swap inside one server): infra validation and the switch
 must be able to fail without touching what is serving. The new version runs in its own container
@@ -177,6 +178,23 @@ def create_app(state_path: Path, *, admin_token: str | None, interval: float = 1
     @app.api_route("/models/{model}/{path:path}", methods=["GET", "POST", "PUT", "DELETE", "PATCH"])
     async def per_model(model: str, path: str, request: Request):
         return await forward(model, path, request)
+
+    # The Open Inference Protocol names the model in its own path: forwarded unchanged to that
+    # model's server (which answers /v2/models/<its name>/...). /v2, /v2/health/* and
+    # /invocations fall through to the only-one-model rule below.
+    @app.api_route("/v2/models/{model}", methods=["GET"])
+    async def v2_model(model: str, request: Request):
+        return await forward(model, f"v2/models/{model}", request)
+
+    @app.api_route("/v2/models/{model}/{path:path}", methods=["GET", "POST"])
+    async def v2_per_model(model: str, path: str, request: Request):
+        return await forward(model, f"v2/models/{model}/{path}", request)
+
+    # MLflow's deployments client (get_deploy_client("http://edge").predict(endpoint=<model>, ...))
+    # posts to /endpoints/<endpoint>/invocations.
+    @app.post("/endpoints/{model}/invocations")
+    async def mlflow_endpoint(model: str, request: Request):
+        return await forward(model, "invocations", request)
 
     @app.api_route("/{path:path}", methods=["GET", "POST", "PUT", "DELETE", "PATCH"])
     async def only_model(path: str, request: Request):
