@@ -144,6 +144,17 @@ class RequestSchema:
     def columns_of(self, rows: list[BaseModel]) -> dict[str, list]:
         return {name: [getattr(r, attr) for r in rows] for name, attr in self.attrs.items()}
 
+    def check_row(self, values: dict[str, Any]) -> tuple[str, str] | None:
+        """None if ``/predict`` accepts this row, else (error type, the message its 422 would give).
+
+        Batch scoring rejects rows through this, so an offline reject and an online 422 are one rule.
+        """
+        try:
+            self.row.model_validate(values)
+        except ValidationError as err:
+            return err.errors(include_url=False)[0]["type"], _validation_problem(err)[2]
+        return None
+
 
 def build_request_schema(spec: DatasetSpec, *, max_rows: int = 1000) -> RequestSchema:
     """Row model: every feature column (nullable ones may be omitted) + the optional key column.
