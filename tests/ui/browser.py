@@ -96,15 +96,13 @@ def submit_button(dialog: WebElement) -> WebElement:
     return dialog.find_element(By.CSS_SELECTOR, "[data-testid=trigger-dag-submit]")
 
 
-def flagged_fields(dialog: WebElement) -> list[str]:
-    """Labels of the form fields the UI marks invalid (what a user sees in red)."""
+def empty_required_fields(dialog: WebElement) -> list[str]:
+    """Params the form marks required (*) whose field is empty: what keeps its Trigger button
+    disabled (the UI flags only the "Run Parameters" header in red, not the field)."""
     out = []
-    for root in dialog.find_elements(By.CSS_SELECTOR, "[data-scope=field][data-part=root]"):
-        invalid = root.get_attribute("data-invalid") is not None or root.find_elements(
-            By.CSS_SELECTOR, "[aria-invalid=true]")
-        if invalid:
-            labels = root.find_elements(By.CSS_SELECTOR, "label")
-            out.append((labels[0].text if labels else root.text).strip(" *\n") or "?")
+    for box in dialog.find_elements(By.CSS_SELECTOR, "input[required][name^=element_]"):
+        if box.get_attribute("type") != "checkbox" and not box.get_attribute("value"):
+            out.append(box.get_attribute("name").removeprefix("element_"))
     return out
 
 

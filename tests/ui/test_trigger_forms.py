@@ -14,7 +14,7 @@ import pytest
 
 from include.demo_data import make_batch, write_batch
 from tests.ui.browser import (
-    flagged_fields,
+    empty_required_fields,
     login,
     open_trigger_form,
     set_param,
@@ -42,11 +42,12 @@ def _trigger_from_form(live, browser, dag_id: str, fields: dict | None = None,
     dialog = open_trigger_form(browser, live.url, dag_id)
     assert wait_trigger_enabled(dialog), (
         f"{dag_id}: the trigger form's Trigger button is disabled with the default Params; "
-        f"fields flagged invalid: {flagged_fields(dialog)}")
+        f"required but empty: {empty_required_fields(dialog)}")
     for name, value in (fields or {}).items():
         set_param(browser, dialog, name, value)
     assert submit_button(dialog).is_enabled(), (
-        f"{dag_id}: Trigger disabled after filling {fields}; flagged: {flagged_fields(dialog)}")
+        f"{dag_id}: Trigger disabled after filling {fields}; "
+        f"required but empty: {empty_required_fields(dialog)}")
     if screenshot is not None:
         _form_screenshot(browser, dialog, screenshot)
     before = {r["dag_run_id"] for r in live.runs(dag_id)}
