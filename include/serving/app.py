@@ -13,6 +13,9 @@ JSON bodies also name ``request_id``, ``model_name`` and ``model_version``):
   ``state: failed`` and the error when loading failed).
 * ``GET /metrics`` - Prometheus text format. ``GET /info`` - model, spec, golden scores, limits.
 * ``GET /schema`` - JSON schema of the request body.
+* The standard protocols on the same path (validation, micro-batching, prediction log, headers):
+  the Open Inference Protocol (V2) ``/v2/...`` and MLflow's ``POST /invocations``; see
+  :mod:`include.serving.protocols`.
 * ``POST /admin/reload`` ``{"version": "N"}`` with ``Authorization: Bearer $MLOPS_ADMIN_TOKEN`` -
   loads the version, scores the golden sample with it, then swaps atomically (old keeps serving
   on any failure).
@@ -41,7 +44,7 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -85,6 +88,15 @@ ENDPOINTS = ("/predict", "/health", "/ready", "/metrics", "/info", "/schema", "/
 
 class LoadError(RuntimeError):
     """A model version could not be loaded or failed its golden-sample check."""
+
+
+class RequestProblem(Exception):
+    """A request answered with an error: one status, type and message, rendered in each protocol's shape."""
+
+    def __init__(self, status: int, type_: str, message: str, details: list | None = None,
+                 headers: dict | None = None):
+        super().__init__(message)
+        self.status, self.type, self.message, self.details, self.headers = status, type_, message, details, headers
 
 
 _thread_limits = threading.local()
@@ -542,6 +554,42 @@ class ModelServer:
     def worker_alive(self) -> bool:
         return self._worker is not None and not self._worker.done()
 
+    @contextmanager
+    def handling(self):
+        """Count a scoring request in its handler (the batcher's estimate of what comes together)."""
+        self.in_flight(+1)
+        self.metrics.in_flight.inc()
+        try:
+            yield
+        finally:
+            self.in_flight(-1)
+            self.metrics.in_flight.dec()
+
+    async def score_rows(self, request: Request, rows: list[BaseModel]) -> tuple[str, list[float]]:
+        """Score validated rows through the micro-batcher and log them: the one path of every protocol.
+
+        Names the version that scored them on the response (``X-Model-Version``); raises
+        :class:`RequestProblem` (503 not ready, 500 model failure).
+        """
+        if self.state is None:
+            raise RequestProblem(503, "not_ready",
+                                 f"model not loaded yet ({self.status}{': ' + self.error if self.error else ''})",
+                                 headers={"Retry-After": "1"})
+        columns = self.schema.columns_of(rows)
+        received = datetime.now(UTC)
+        try:
+            version, scores = await self.predict(columns, len(rows))
+        except LoadError as err:
+            raise RequestProblem(503, "not_ready", str(err), headers={"Retry-After": "1"}) from err
+        except Exception as err:  # the model itself failed on valid input: a server-side error
+            log.exception("model call failed for request %s", request.scope["state"]["request_id"])
+            raise RequestProblem(500, "model_error",
+                                 f"the model failed on this input ({type(err).__name__})") from err
+        request.scope["state"]["model_version"] = version
+        preds = scores.tolist()
+        self.predlog.append(request.scope["state"]["request_id"], received, version, preds, columns)
+        return version, preds
+
     @property
     def model_version(self) -> str:
         return self.state.version if self.state else self.cfg.version
@@ -553,6 +601,34 @@ class ModelServer:
 def _json(body: dict, status: int = 200, headers: dict | None = None) -> Response:
     return Response(pydantic_core.to_json(body), status_code=status, media_type="application/json",
                     headers=headers)
+
+
+async def read_json_body(request: Request, max_bytes: int) -> bytes:
+    """The body of a JSON request, within ``max_bytes``; raises :class:`RequestProblem` (400, 413, 415)."""
+    ctype = request.headers.get("content-type", "")
+    media = ctype.split(";", 1)[0].strip().lower()
+    if media != "application/json" and not media.endswith("+json"):
+        raise RequestProblem(415, "unsupported_media_type",
+                             f"send the body as JSON with Content-Type: application/json (got {ctype or 'none'!r})")
+    length = request.headers.get("content-length")
+    if length is not None:
+        if not length.isdigit():
+            raise RequestProblem(400, "bad_request", "invalid Content-Length header")
+        if int(length) > max_bytes:
+            raise RequestProblem(413, "body_too_large",
+                                 f"body of {int(length)} bytes exceeds the limit of {max_bytes} bytes")
+        body = await request.body()
+    else:
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > max_bytes:
+                raise RequestProblem(413, "body_too_large", f"body exceeds the limit of {max_bytes} bytes")
+            chunks.append(chunk)
+        body = b"".join(chunks)
+    if not body:
+        raise RequestProblem(400, "invalid_json", "empty body; send a JSON object")
+    return body
 
 
 def _loc(loc: tuple) -> str:
@@ -703,11 +779,15 @@ def create_app(
                 await self.app(scope, receive, send_wrapper)
             finally:
                 path = scope["path"]
-                endpoint = path if path in ENDPOINTS else "other"
+                endpoint = path if path in endpoints else "other"
                 metrics.requests.labels(endpoint, scope["method"], str(status[0])).inc()
                 metrics.latency.labels(endpoint).observe(time.perf_counter() - t0)
 
     app.add_middleware(Observe)
+
+    from include.serving.protocols import add_protocol_routes, protocol_endpoints
+
+    endpoints = {*ENDPOINTS, *protocol_endpoints(model_name)}
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
@@ -727,63 +807,21 @@ def create_app(
         "required": True, "content": {"application/json": {"schema": {"type": "object"}}}}})
     async def predict(request: Request):
         """Score rows: {"instances": [{...}, ...]} or {"instance": {...}}; see GET /schema."""
-        server.in_flight(+1)
-        metrics.in_flight.inc()
-        try:
-            ctype = request.headers.get("content-type", "")
-            media = ctype.split(";", 1)[0].strip().lower()
-            if media != "application/json" and not media.endswith("+json"):
-                return problem(request, 415, "unsupported_media_type",
-                               f"send the body as JSON with Content-Type: application/json (got {ctype or 'none'!r})")
-            length = request.headers.get("content-length")
-            if length is not None:
-                if not length.isdigit():
-                    return problem(request, 400, "bad_request", "invalid Content-Length header")
-                if int(length) > cfg.max_body_bytes:
-                    return problem(request, 413, "body_too_large",
-                                   f"body of {int(length)} bytes exceeds the limit of {cfg.max_body_bytes} bytes")
-                body = await request.body()
-            else:
-                chunks, size = [], 0
-                async for chunk in request.stream():
-                    size += len(chunk)
-                    if size > cfg.max_body_bytes:
-                        return problem(request, 413, "body_too_large",
-                                       f"body exceeds the limit of {cfg.max_body_bytes} bytes")
-                    chunks.append(chunk)
-                body = b"".join(chunks)
-            if not body:
-                return problem(request, 400, "invalid_json", "empty body; send a JSON object")
+        with server.handling():
             try:
-                payload = server.schema.payload.model_validate_json(body)
-            except ValidationError as err:
-                status, kind, message, details = _validation_problem(err)
-                return problem(request, status, kind, message, details)
-            if server.state is None:
-                return problem(request, 503, "not_ready",
-                               f"model not loaded yet ({server.status}{': ' + server.error if server.error else ''})",
-                               headers={"Retry-After": "1"})
-            rows = payload.rows()
-            columns = server.schema.columns_of(rows)
-            received = datetime.now(UTC)
-            try:
-                version, scores = await server.predict(columns, len(rows))
-            except LoadError as err:
-                return problem(request, 503, "not_ready", str(err), headers={"Retry-After": "1"})
-            except Exception as err:  # the model itself failed on valid input: a server-side error
-                log.exception("model call failed for request %s", request.scope["state"]["request_id"])
-                return problem(request, 500, "model_error", f"the model failed on this input ({type(err).__name__})")
-            request.scope["state"]["model_version"] = version
-            preds = scores.tolist()
+                body = await read_json_body(request, cfg.max_body_bytes)
+                try:
+                    payload = server.schema.payload.model_validate_json(body)
+                except ValidationError as err:
+                    raise RequestProblem(*_validation_problem(err)) from None
+                version, preds = await server.score_rows(request, payload.rows())
+            except RequestProblem as p:
+                return problem(request, p.status, p.type, p.message, p.details, p.headers)
             rid = request.scope["state"]["request_id"]
-            server.predlog.append(rid, received, version, preds, columns)
             body = {"request_id": rid, "model_name": model_name, "model_version": version, "predictions": preds}
             if payload.instance is not None:
                 body["prediction"] = preds[0]
             return _json(body)
-        finally:
-            server.in_flight(-1)
-            metrics.in_flight.dec()
 
     @app.get("/health")
     async def health(request: Request):
@@ -833,7 +871,9 @@ def create_app(
 
     @app.get("/")
     async def root(request: Request):
-        return _json({**meta(request), "endpoints": list(ENDPOINTS)})
+        return _json({**meta(request), "endpoints": [*ENDPOINTS, *protocol_endpoints(model_name)]})
+
+    add_protocol_routes(app, server)
 
     @app.post("/admin/reload")
     async def reload(request: Request):
