@@ -68,6 +68,10 @@ DATASETS = dataset_names()
                                          "Drift retrains use the drift policy's retrain_window_days."),
         "reason": Param("manual", type="string", title="Reason",
                         description="Why this retrain: recorded on the model version's lineage tags."),
+        "allow_stale_data": Param(False, type="boolean", title="Allow stale data",
+                                  description="Judge a challenger trained on an older data revision than the "
+                                              "champion's (e.g. a reproduction run). Off: the gate records "
+                                              "\"stale data\" and does not promote it. Recorded in the audit log."),
         "override_approve": Param(False, type="boolean", title="Override gate: approve",
                                   description="Force the gate to pass. Requires a justification."),
         "override_justification": Param(None, type=["null", "string"], title="Override justification",
@@ -137,7 +141,7 @@ def train():
                 model["model"], model["version"], dataset=model["dataset"],
                 trigger={"dag_run_id": dag_run.run_id, "run_type": str(dag_run.run_type),
                          "reason": params["reason"]},
-                override=override,
+                override=override, allow_stale_data=params["allow_stale_data"],
             )
         print(f"gate decision for {model['model']} v{model['version']}: {decision['decision']} "
               f"{decision.get('reasons') or ''}")

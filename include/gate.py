@@ -4,7 +4,11 @@ The checks are pure functions of arrays (labels, champion scores, challenger sco
 so they unit-test without MLflow; :func:`evaluate_and_decide` wires them to the registry:
 
 1. the challenger's holdout comes from its own run (``holdout/holdout.parquet``, written at
-   training); both the challenger and the current ``champion`` are re-scored on it;
+   training), minus every row the challenger or the champion trained on (:func:`unseen_rows`: the
+   keys of their training and validation splits). Both models are re-scored on what remains; fewer
+   than the policy's ``min_fresh_holdout`` rows is the decision "insufficient fresh holdout". A
+   challenger trained on an older data revision than the champion's is "stale data" unless the
+   run passes ``allow_stale_data``;
 2. checks: absolute minimums, no regression of secondary metrics beyond a tolerance, no slice
    regression beyond a tolerance (slices from the spec, with a minimum size), and significance:
    the one-sided lower confidence bound of a paired bootstrap of (challenger - champion) on the
@@ -66,7 +70,19 @@ class Policy:
     min_improvement: float = 0.0
     n_boot: int = 1000
     seed: int = 0
+    # rows of the challenger's holdout that neither model trained on, needed to compare at all;
+    # None: 200, or half the holdout when that is smaller (a small dataset still gets verdicts
+    # when nothing is excluded, and not when most of its holdout is)
+    min_fresh_holdout: int | None = None
     source: str = "defaults"
+
+    def fresh_minimum(self, holdout_rows: int) -> int:
+        if self.min_fresh_holdout is not None:
+            return self.min_fresh_holdout
+        return max(1, min(DEFAULT_MIN_FRESH, math.ceil(holdout_rows / 2)))
+
+
+DEFAULT_MIN_FRESH = 200
 
 
 DEFAULT_POLICIES = {
@@ -77,7 +93,7 @@ DEFAULT_POLICIES = {
     ),
 }
 
-_YAML_KEYS = {"primary_metric", "absolute", "max_regression", "slices", "significance"}
+_YAML_KEYS = {"primary_metric", "absolute", "max_regression", "slices", "significance", "min_fresh_holdout"}
 _SLICE_KEYS = {"metric": "slice_metric", "max_drop": "slice_max_drop", "min_size": "slice_min_size"}
 _SIG_KEYS = {"confidence", "min_improvement", "n_boot", "seed"}
 
@@ -106,6 +122,11 @@ def parse_policy(raw: dict | None, task: str, *, source: str = "defaults") -> Po
         kw["absolute"] = {str(k): float(v) for k, v in (raw["absolute"] or {}).items()}
     if "max_regression" in raw:
         kw["max_regression"] = {str(k): float(v) for k, v in (raw["max_regression"] or {}).items()}
+    if raw.get("min_fresh_holdout") is not None:
+        fresh = raw["min_fresh_holdout"]
+        if isinstance(fresh, bool) or not isinstance(fresh, int) or fresh < 1:
+            raise ValueError(f"{source}: min_fresh_holdout must be a whole number of rows >= 1, got {fresh!r}")
+        kw["min_fresh_holdout"] = fresh
     slices = raw.get("slices") or {}
     bad = set(slices) - set(_SLICE_KEYS)
     if bad:
@@ -366,11 +387,21 @@ def validate_override(override: dict | None) -> dict | None:
     return {"approve": override["approve"], "justification": just.strip(), "by": by}
 
 
-def decide(checks: list[dict], override: dict | None = None) -> tuple[str, list[str]]:
-    """("passed" | "rejected", reasons): rejected if any check failed, unless overridden."""
-    failed = [c for c in checks if not c["passed"]]
-    decision = "rejected" if failed else "passed"
-    reasons = [c["reason"] for c in failed] if failed else [f"all {len(checks)} checks passed"]
+STALE_DATA = "stale data"
+INSUFFICIENT_FRESH = "insufficient fresh holdout"
+
+
+def decide(checks: list[dict], override: dict | None = None,
+           blocked: tuple[str, list[str]] | None = None) -> tuple[str, list[str]]:
+    """("passed" | "rejected" | a ``blocked`` verdict, reasons): rejected if any check failed;
+    ``blocked`` (:data:`STALE_DATA`, :data:`INSUFFICIENT_FRESH`) when the models could not be
+    compared fairly at all. An override forces either way."""
+    if blocked is not None:
+        decision, reasons = blocked[0], list(blocked[1])
+    else:
+        failed = [c for c in checks if not c["passed"]]
+        decision = "rejected" if failed else "passed"
+        reasons = [c["reason"] for c in failed] if failed else [f"all {len(checks)} checks passed"]
     override = validate_override(override)
     if override is not None:
         forced = "passed" if override["approve"] else "rejected"
@@ -378,6 +409,159 @@ def decide(checks: list[dict], override: dict | None = None) -> tuple[str, list[
                    f"the checks alone gave {decision}", *reasons]
         decision = forced
     return decision, reasons
+
+
+# ----------------------------------------------------------------------------------------- unseen rows
+
+
+@dataclass(frozen=True)
+class TrainedKeys:
+    """The keys of the rows one model version trained on (training + validation splits).
+
+    ``keys`` is None when they cannot be known; ``source`` says how they were found: "artifact"
+    (logged at training), "rebuilt" (its split recipe re-run on its data rev, checked against its
+    recorded holdout) or "unknown"; ``detail`` says which artifact, which recipe or why not.
+    """
+
+    label: str
+    version: str
+    keys: frozenset[str] | None
+    source: str
+    detail: str
+
+
+def exclude_trained_rows(frame, key: str, trained: list[TrainedKeys]) -> tuple[Any, dict]:
+    """``frame`` without the rows whose ``key`` any of ``trained`` fitted or validated on, and a
+    record of how many were excluded and why (per version; a row two versions saw counts for both)."""
+    labels = frame[key].astype(str).to_numpy()
+    seen = np.zeros(len(frame), dtype=bool)
+    per_version, notes = [], []
+    for t in trained:
+        if t.keys is None:
+            hit = np.zeros(len(frame), dtype=bool)
+            notes.append(f"{t.label}'s training rows are unknown ({t.detail}): none excluded for it, so the "
+                         f"comparison may favour it on rows it memorised")
+        else:
+            hit = np.isin(labels, np.fromiter(t.keys, dtype=object, count=len(t.keys)))
+        seen |= hit
+        per_version.append({"model": t.label, "version": t.version, "source": t.source, "detail": t.detail,
+                            "n_trained": None if t.keys is None else len(t.keys), "n_excluded": int(hit.sum())})
+    fresh = frame[~seen].reset_index(drop=True)
+    return fresh, {"n_rows": int(len(frame)), "n_fresh": int(len(fresh)), "n_excluded": int(seen.sum()),
+                   "exclusions": per_version, "notes": notes}
+
+
+def exclusion_summary(record: dict) -> str:
+    """One line: how many rows remained and why the others were excluded."""
+    parts = [f"{e['n_excluded']} that {e['model']} trained on ({e['source']})"
+             for e in record["exclusions"] if e["n_excluded"]]
+    why = f"; excluded {record['n_excluded']}: " + ", ".join(parts) if parts else "; none excluded"
+    return f"{record['n_fresh']} of {record['n_rows']} holdout rows unseen by every model compared{why}"
+
+
+def _recipe_keys(mv, spec, run) -> tuple[frozenset[str] | None, str]:
+    """Rebuild a version's training keys from its recorded recipe (data rev + window + seed +
+    fractions) with the split it was trained with, and trust them only if the rebuilt holdout is
+    exactly the holdout its run recorded."""
+    import mlflow
+    import pandas as pd
+
+    from include.tracking import with_retry
+    from include.training import HOLDOUT_ARTIFACT, select_window, split
+    from include.versioning import DataRepo, RevisionNotFound
+
+    tags, params = mv.tags or {}, run.data.params
+    rev = tags.get("data_rev") or params.get("data_rev")
+    if not rev or rev == "unknown":
+        return None, "no keys artifact and no data_rev to rebuild them from"
+    try:
+        seed, hf, vf = int(params["seed"]), float(params["holdout_frac"]), float(params["val_frac"])
+        window = float(tags.get("selection_window_days") or 0)
+    except (KeyError, ValueError) as err:
+        return None, f"no keys artifact and an incomplete split recipe ({err})"
+    recipe = f"data rev {rev[:10]}, window {window:g} days, seed {seed}, fractions {hf:g}/{vf:g}"
+    try:
+        df = select_window(DataRepo().load(tags.get("dataset") or spec.name, rev, spec), spec, window)
+        train, val, test = split(df, spec, seed=seed, holdout_frac=hf, val_frac=vf)
+    except (RevisionNotFound, ValueError, FileNotFoundError) as err:  # gone for good: no retry brings it back
+        return None, f"no keys artifact; its recipe ({recipe}) could not be re-run: {err}"
+    with tempfile.TemporaryDirectory(prefix="gate-recipe-") as tmp:
+        recorded = pd.read_parquet(with_retry(mlflow.artifacts.download_artifacts, run_id=mv.run_id,
+                                              artifact_path=HOLDOUT_ARTIFACT, dst_path=tmp))
+    if spec.key not in recorded.columns or \
+            set(recorded[spec.key].astype(str)) != set(test[spec.key].astype(str)) or \
+            (len(train), len(val)) != (int(params.get("n_train", -1)), int(params.get("n_val", -1))):
+        return None, f"no keys artifact; its recipe ({recipe}) does not reproduce its recorded holdout"
+    keys = frozenset(pd.concat([train[spec.key], val[spec.key]]).astype(str))
+    return keys, f"rebuilt from its recipe ({recipe}), reproduces its recorded holdout"
+
+
+def training_keys(mv, spec, label: str, *, c=None) -> TrainedKeys:
+    """What ``mv`` trained on: its run's keys artifact, else its rebuilt split recipe, else unknown."""
+    import mlflow
+    import pandas as pd
+    from mlflow.exceptions import MlflowException
+
+    from include.tracking import client, is_unreachable, with_retry
+    from include.training import TRAINING_KEYS_ARTIFACT
+
+    c = c or client()
+    version = str(mv.version)
+    with tempfile.TemporaryDirectory(prefix="gate-keys-") as tmp:
+        try:
+            local = with_retry(mlflow.artifacts.download_artifacts, run_id=mv.run_id,
+                               artifact_path=TRAINING_KEYS_ARTIFACT, dst_path=tmp)
+        except (MlflowException, OSError) as err:
+            if is_unreachable(err):
+                raise
+            local = None
+        if local is not None:
+            keys = pd.read_parquet(local)[spec.key].astype(str)
+            return TrainedKeys(label, version, frozenset(keys), "artifact", f"runs:/{mv.run_id}/{TRAINING_KEYS_ARTIFACT}")
+    # versions trained before the keys were logged
+    keys, detail = _recipe_keys(mv, spec, with_retry(c.get_run, mv.run_id))
+    return TrainedKeys(label, version, keys, "rebuilt" if keys is not None else "unknown", detail)
+
+
+def unseen_rows(frame, spec, versions: list[tuple[str, Any]], *, c=None) -> tuple[Any, dict]:
+    """The rows of ``frame`` that none of ``versions`` (``[(label, ModelVersion), ...]``) trained on.
+
+    Whoever re-scores a registered model on rows with known labels (this gate, model CI, a canary
+    analysis on offline rows) must score on these only: a model graded on its own training rows
+    looks better than it is. Returns ``(fresh frame, record)``; see :func:`exclude_trained_rows`.
+    """
+    trained = [training_keys(mv, spec, label, c=c) for label, mv in versions]
+    return exclude_trained_rows(frame, spec.key, trained)
+
+
+def data_rev_relation(challenger: dict, champion: dict) -> tuple[str, str]:
+    """How the challenger's data revision stands to the champion's, from the data repo's history:
+    "same" (same rev, or same dataset content by md5), "older" (a strict ancestor), "newer",
+    "diverged" or "unknown"; and a sentence saying why. ``challenger``/``champion``: version tags."""
+    from include.versioning import DataRepo, DataRepoError
+
+    a, b = challenger.get("data_rev"), champion.get("data_rev")
+    if not a or not b or "unknown" in (a, b):
+        return "unknown", "a data rev is not recorded"
+    if a == b:
+        return "same", f"both trained on data rev {a[:10]}"
+    md5a, md5b = challenger.get("data_md5"), champion.get("data_md5")
+    if md5a and md5a == md5b and md5a != "unknown":
+        return "same", f"data revs {a[:10]} and {b[:10]} hold the same dataset (md5 {md5a[:10]})"
+    repo = DataRepo()
+    try:
+        a, b = repo.resolve_rev(a), repo.resolve_rev(b)
+    except DataRepoError as err:
+        return "unknown", f"data revs {a[:10]}/{b[:10]} cannot be ordered: {str(err).splitlines()[0]}"
+
+    def ancestor(x: str, y: str) -> bool:
+        return repo._run("git", "merge-base", "--is-ancestor", x, y, check=False).returncode == 0
+
+    if ancestor(a, b):
+        return "older", f"challenger data rev {a[:10]} is an ancestor of the champion's {b[:10]}"
+    if ancestor(b, a):
+        return "newer", f"challenger data rev {a[:10]} descends from the champion's {b[:10]}"
+    return "diverged", f"data revs {a[:10]} and {b[:10]} are on different branches of the data repo"
 
 
 # ----------------------------------------------------------------------------------------- records
@@ -403,6 +587,7 @@ def render_markdown(record: dict) -> str:
         "",
         f"- decided at: {record['decided_at']}",
         f"- dataset: {record['dataset']}; holdout: {record['holdout']['n_rows']} rows from {record['holdout']['uri']}",
+        *_holdout_lines(record["holdout"]),
         f"- challenger: v{record['challenger']['version']} (run {record['challenger']['run_id']}, "
         f"data rev {record['challenger'].get('data_rev')})",
     ]
@@ -410,11 +595,15 @@ def render_markdown(record: dict) -> str:
     lines.append(f"- champion: v{ch['version']} (run {ch['run_id']}, data rev {ch.get('data_rev')})" if ch
                  else "- champion: none (first model: only absolute minimums apply)")
     lines.append(f"- trigger: `{json.dumps(record.get('trigger') or {}, default=str)}`")
+    stale = record.get("stale_data")
+    if stale:
+        allowed = " (allowed by the run: allow_stale_data)" if stale["relation"] == "older" and stale["allowed"] else ""
+        lines.append(f"- data revisions: {stale['relation']}: {stale['detail']}{allowed}")
     if record.get("override"):
         o = record["override"]
         lines.append(f"- override: approve={o['approve']} by {o['by']}: {o['justification']}")
     lines += ["", "## Reasons", "", *[f"- {r}" for r in record["reasons"]], "",
-              "## Metrics on the holdout", "", "| metric | challenger | champion |", "|---|---|---|"]
+              f"## Metrics on the {record['holdout'].get('n_fresh', record['holdout']['n_rows'])} unseen holdout rows", "", "| metric | challenger | champion |", "|---|---|---|"]
     champ_m = (ch or {}).get("metrics") or {}
     for m, v in record["challenger"]["metrics"].items():
         lines.append(f"| {m} | {_fmt(v)} | {_fmt(champ_m.get(m))} |")
@@ -425,6 +614,16 @@ def render_markdown(record: dict) -> str:
         lines.append(f"| {c['name']} | {verdict} | {val} | {c['threshold']} | {c['reason']} |")
     lines += ["", f"Policy ({record['policy']['source']}): `{json.dumps(record['policy'])}`", ""]
     return "\n".join(lines)
+
+
+def _holdout_lines(h: dict) -> list[str]:
+    if "n_fresh" not in h:  # a record written before training rows were excluded
+        return []
+    lines = [f"- scored on: {h.get('summary') or exclusion_summary(h)} (minimum {h.get('min_fresh')})"]
+    lines += [f"  - {e['model']}: {e['n_excluded']} excluded; training keys {e['source']}: {e['detail']}"
+              for e in h.get("exclusions", [])]
+    lines += [f"  - caution: {n}" for n in h.get("notes", [])]
+    return lines
 
 
 def append_audit(line: dict, path: Path) -> bool:
@@ -477,12 +676,17 @@ def _recorded(mv) -> dict | None:
 
 
 def evaluate_and_decide(model_name: str, version: str | int, *, dataset: str, trigger: dict | None = None,
-                        override: dict | None = None, policies_dir: Path | None = None) -> dict:
+                        override: dict | None = None, policies_dir: Path | None = None,
+                        allow_stale_data: bool = False) -> dict:
     """Gate ``model_name`` v``version`` against the current champion; record and apply the decision.
 
+    Both are scored on the challenger's holdout minus the rows either trained on. A challenger
+    trained on an older data revision than the champion's is :data:`STALE_DATA` unless
+    ``allow_stale_data`` (then it is judged like any other, and the record says it was allowed).
+
     Idempotent: a version that already has a recorded decision returns it (no new audit line, no
-    alias change), unless a different ``override`` is given. Returns
-    ``{model, version, run_id, decision, reasons, record_uri, reused}``.
+    alias change), unless a different ``override`` is given, or ``allow_stale_data`` is given for
+    a version recorded as stale. Returns ``{model, version, run_id, decision, reasons, record_uri, reused}``.
     """
     import mlflow
     import pandas as pd
@@ -509,7 +713,9 @@ def evaluate_and_decide(model_name: str, version: str | int, *, dataset: str, tr
     mv = with_retry(c.get_model_version, model_name, version)
     recorded = _recorded(mv)
     override_tag = json.dumps(override, sort_keys=True) if override else ""
-    if recorded and (override is None or (mv.tags or {}).get("gate_override", "") == override_tag):
+    allow_stale_data = bool(allow_stale_data)
+    newly_allowed = allow_stale_data and recorded is not None and recorded["decision"] == STALE_DATA
+    if recorded and not newly_allowed and (override is None or (mv.tags or {}).get("gate_override", "") == override_tag):
         log.info("%s v%s already gated: %s", model_name, version, recorded["decision"])
         return recorded
 
@@ -539,26 +745,55 @@ def evaluate_and_decide(model_name: str, version: str | int, *, dataset: str, tr
             raise ValueError(f"{model_name} v{version} (run {mv.run_id}) has no {HOLDOUT_ARTIFACT}: only versions "
                              f"trained by include.training.train_and_register can be gated ({err})") from err
         holdout = pd.read_parquet(local)
+    compared = [(f"challenger v{version}", mv)]
+    stale = None
+    if champ_mv is not None:
+        compared.append((f"champion v{champ_mv.version}", champ_mv))
+        relation, why = data_rev_relation(mv.tags or {}, champ_mv.tags or {})
+        stale = {"relation": relation, "detail": why, "allowed": allow_stale_data}
+    fresh, exclusion = unseen_rows(holdout, spec, compared, c=c)
+    exclusion["min_fresh"] = policy.fresh_minimum(len(holdout)) if champ_mv is not None else 1
+    exclusion["uri"] = f"runs:/{mv.run_id}/{HOLDOUT_ARTIFACT}"
+    t_keys = time.perf_counter() - t0
+
+    blocked = None
+    if stale is not None and stale["relation"] == "older" and not allow_stale_data:
+        blocked = (STALE_DATA, [f"stale data: {stale['detail']}, so it would replace newer knowledge with older; "
+                                f"not judged (a run may allow it explicitly with allow_stale_data)"])
+    elif len(fresh) < exclusion["min_fresh"]:
+        blocked = (INSUFFICIENT_FRESH, [f"insufficient fresh holdout: {exclusion_summary(exclusion)}; the policy "
+                                        f"needs at least {exclusion['min_fresh']} (min_fresh_holdout)"])
+
+    t0 = time.perf_counter()
+    checks: list[dict] = []
+    chall_metrics = champ_metrics = None
+    champ_run = with_retry(c.get_run, champ_mv.run_id) if champ_mv is not None else None
     with compute_threads():
         challenger = load_model(model_name, version)
-        y = target_array(holdout, spec, challenger)
-        chall_scores = predict_scores(challenger, holdout, spec)
-        champ_scores = None
-        champ_run = None
-        if champ_mv is not None:
-            champion = load_model(model_name, champ_mv.version)
-            if spec.task == "classification" and list(champion.classes_) != list(challenger.classes_):
-                raise ValueError(f"champion v{champ_mv.version} classes {list(champion.classes_)} differ from the "
-                                 f"challenger's {list(challenger.classes_)}; they cannot be compared")
-            champ_scores = predict_scores(champion, holdout, spec)
-            champ_run = with_retry(c.get_run, champ_mv.run_id)
+        champion = load_model(model_name, champ_mv.version) if champ_mv is not None else None
+        if champion is not None and spec.task == "classification" \
+                and list(champion.classes_) != list(challenger.classes_):
+            raise ValueError(f"champion v{champ_mv.version} classes {list(champion.classes_)} differ from the "
+                             f"challenger's {list(challenger.classes_)}; they cannot be compared")
+        # a blocked gate still shows what the rows that were left say, for whoever reads the record
+        if len(fresh):
+            y = target_array(fresh, spec, challenger)
+            chall_scores = predict_scores(challenger, fresh, spec)
+            champ_scores = predict_scores(champion, fresh, spec) if champion is not None else None
+            chall_metrics = metric_set(y, chall_scores, spec.task)
+            champ_metrics = metric_set(y, champ_scores, spec.task) if champion is not None else None
         t_score = time.perf_counter() - t0
 
-        slices = {col: slice_labels(holdout, col) for col in spec.slices if col in holdout.columns}
         t0 = time.perf_counter()
-        checks = run_checks(y, chall_scores, champ_scores, slices, policy)
+        if blocked is None:
+            slices = {col: slice_labels(fresh, col) for col in spec.slices if col in fresh.columns}
+            checks = run_checks(y, chall_scores, champ_scores, slices, policy)
         t_checks = time.perf_counter() - t0
-    decision, reasons = decide(checks, override)
+    decision, reasons = decide(checks, override, blocked)
+    exclusion["summary"] = exclusion_summary(exclusion)
+    if stale is not None and stale["relation"] == "older" and allow_stale_data:
+        reasons.insert(0, f"stale data allowed by the run (allow_stale_data): {stale['detail']}")
+    reasons += exclusion["notes"]
 
     def lineage(v, r) -> dict:
         tags = v.tags or {}
@@ -569,7 +804,8 @@ def evaluate_and_decide(model_name: str, version: str | int, *, dataset: str, tr
 
     decision_id = hashlib.sha256(json.dumps(
         {"model": model_name, "version": version, "champion": str(champ_mv.version) if champ_mv else None,
-         "override": override}, sort_keys=True).encode()).hexdigest()[:16]
+         "override": override, **({"allow_stale_data": True} if allow_stale_data else {})},
+        sort_keys=True).encode()).hexdigest()[:16]
     record_uri = f"runs:/{mv.run_id}/{DECISION_JSON}"
     record = _jsonable({
         "decision_id": decision_id,
@@ -581,14 +817,17 @@ def evaluate_and_decide(model_name: str, version: str | int, *, dataset: str, tr
         "decision": decision,
         "reasons": reasons,
         "override": override,
+        "allow_stale_data": allow_stale_data,
+        "stale_data": stale,
         "trigger": trigger,
         "policy": asdict(policy),
-        "holdout": {"uri": f"runs:/{mv.run_id}/{HOLDOUT_ARTIFACT}", "n_rows": len(holdout)},
-        "challenger": {**lineage(mv, run), "metrics": metric_set(y, chall_scores, spec.task)},
-        "champion": ({**lineage(champ_mv, champ_run), "metrics": metric_set(y, champ_scores, spec.task)}
+        # n_rows: the challenger's whole holdout; metrics and checks are on the n_fresh rows left
+        "holdout": exclusion,
+        "challenger": {**lineage(mv, run), "metrics": chall_metrics or {}},
+        "champion": ({**lineage(champ_mv, champ_run), "metrics": champ_metrics or {}}
                      if champ_mv is not None else None),
         "checks": checks,
-        "timings_s": {"score": round(t_score, 3), "checks": round(t_checks, 3)},
+        "timings_s": {"training_keys": round(t_keys, 3), "score": round(t_score, 3), "checks": round(t_checks, 3)},
         "record_uri": record_uri,
     })
 
@@ -611,7 +850,10 @@ def evaluate_and_decide(model_name: str, version: str | int, *, dataset: str, tr
         "gate_report": record_uri,
         "gate_champion_version": str(champ_mv.version) if champ_mv else "none",
         "gate_decision_id": decision_id,
+        "gate_fresh_rows": str(exclusion["n_fresh"]),
     }
+    if allow_stale_data:
+        tags["gate_allow_stale_data"] = "true"
     if override:
         tags["gate_override"] = override_tag[:_TAG_MAX]
     for k, v in tags.items():

@@ -113,6 +113,9 @@ MODEL_ARTIFACT = "model"
 MODEL_URI_TAG = "model_uri"
 RUN_ONLY_TAGS = frozenset({"code_dirty", "registered_version", MODEL_URI_TAG})
 HOLDOUT_ARTIFACT = "holdout/holdout.parquet"
+# The keys of the rows that shaped the model (its training and validation splits): whoever scores
+# this version later must leave them out, or it is graded on rows it has memorised.
+TRAINING_KEYS_ARTIFACT = "lineage/training_keys.parquet"
 MISSING = "__missing__"
 
 
@@ -734,6 +737,7 @@ def train_and_register(
                 hpath.parent.mkdir()
                 test[holdout_cols].to_parquet(hpath, index=False)
                 mlflow.log_artifact(str(hpath), "holdout")
+                _log_training_keys(tmp_path, spec, train, val)
                 if tried:
                     (tmp_path / "candidates.json").write_text(json.dumps(tried, indent=2, default=str))
                     mlflow.log_artifact(str(tmp_path / "candidates.json"), "search")
@@ -771,6 +775,23 @@ def train_and_register(
             "holdout_uri": f"runs:/{run_id}/{HOLDOUT_ARTIFACT}",
             "reused": False,
         }
+
+
+def training_keys_frame(spec: DatasetSpec, train: pd.DataFrame, val: pd.DataFrame) -> pd.DataFrame:
+    """``{<key>, split}`` for every row of the training and validation splits (validation picked
+    the early-stopping/search candidate, so it influenced the model too)."""
+    return pd.concat([train[[spec.key]].assign(split="train"), val[[spec.key]].assign(split="val")],
+                     ignore_index=True)
+
+
+def _log_training_keys(tmp_path: Path, spec: DatasetSpec, train: pd.DataFrame, val: pd.DataFrame) -> None:
+    if spec.key not in train.columns:  # without keys the gate falls back to the run's split recipe
+        log.warning("key column %r is not in the data: no %s logged", spec.key, TRAINING_KEYS_ARTIFACT)
+        return
+    path = tmp_path / TRAINING_KEYS_ARTIFACT
+    path.parent.mkdir(parents=True, exist_ok=True)
+    training_keys_frame(spec, train, val).to_parquet(path, index=False)
+    mlflow.log_artifact(str(path), str(Path(TRAINING_KEYS_ARTIFACT).parent))
 
 
 def _register(model_uri: str, name: str, tags: dict[str, str], run_key: str, attempts: int = 4):

@@ -19,7 +19,10 @@ from sklearn.metrics import (
 
 from include.gate import (
     DEFAULT_POLICIES,
+    INSUFFICIENT_FRESH,
+    STALE_DATA,
     Policy,
+    TrainedKeys,
     append_audit,
     bootstrap_deltas,
     check_absolute,
@@ -27,6 +30,8 @@ from include.gate import (
     check_significance,
     check_slices,
     decide,
+    exclude_trained_rows,
+    exclusion_summary,
     load_policy,
     metric_set,
     parse_policy,
@@ -236,6 +241,8 @@ def test_shipped_sessions_policy_loads():
     ({"significance": {"confidence": 1.5}}, "confidence must be"),
     ({"significance": {"n_boot": 10}}, "n_boot must be"),
     ({"max_regression": {"accuracy": -0.1}}, "must be >= 0"),
+    ({"min_fresh_holdout": 0}, "min_fresh_holdout must be"),
+    ({"min_fresh_holdout": 12.5}, "min_fresh_holdout must be"),
 ])
 def test_bad_policy_files_fail_clearly(raw, message):
     with pytest.raises(ValueError, match=message):
@@ -266,3 +273,67 @@ def test_markdown_lists_every_check(data):
     }, default=str))
     md = render_markdown(record)
     assert "REJECTED" in md and all(c["name"] in md for c in checks) and "| significance:roc_auc | FAIL |" in md
+
+
+# ------------------------------------------------------------------------------------- unseen rows
+
+
+def test_min_fresh_holdout_default_scales_down_for_small_holdouts_and_a_policy_fixes_it():
+    p = Policy()
+    assert (p.fresh_minimum(1800), p.fresh_minimum(300), p.fresh_minimum(1)) == (200, 150, 1)
+    fixed = parse_policy({"min_fresh_holdout": 500}, "classification", source="x.yaml")
+    assert (fixed.fresh_minimum(1800), fixed.fresh_minimum(300)) == (500, 500)
+
+
+def test_rows_any_model_trained_on_are_excluded_and_counted_per_model():
+    import pandas as pd
+
+    holdout = pd.DataFrame({"id": [1, 2, 3, 4, 5, 6], "x": range(6)})
+    trained = [
+        TrainedKeys("challenger v2", "2", frozenset(), "artifact", "runs:/a/lineage/training_keys.parquet"),
+        TrainedKeys("champion v1", "1", frozenset({"2", "3", "9"}), "rebuilt", "rebuilt from its recipe"),
+        TrainedKeys("older v0", "0", frozenset({"3", "5"}), "artifact", "runs:/b/..."),
+    ]
+    fresh, rec = exclude_trained_rows(holdout, "id", trained)
+    assert fresh["id"].tolist() == [1, 4, 6]  # keys compare as text: int 2 is "2"
+    assert (rec["n_rows"], rec["n_fresh"], rec["n_excluded"]) == (6, 3, 3)
+    assert [(e["model"], e["n_excluded"], e["n_trained"]) for e in rec["exclusions"]] == [
+        ("challenger v2", 0, 0), ("champion v1", 2, 3), ("older v0", 2, 2)]
+    assert rec["notes"] == []
+    assert exclusion_summary(rec) == ("3 of 6 holdout rows unseen by every model compared; excluded 3: "
+                                      "2 that champion v1 trained on (rebuilt), 2 that older v0 trained on (artifact)")
+
+
+def test_unknown_training_rows_exclude_nothing_and_say_so():
+    import pandas as pd
+
+    holdout = pd.DataFrame({"id": ["a", "b"]})
+    unknown = TrainedKeys("champion v1", "1", None, "unknown", "no keys artifact and no data_rev to rebuild them from")
+    fresh, rec = exclude_trained_rows(holdout, "id", [unknown])
+    assert len(fresh) == 2 and rec["exclusions"][0]["n_trained"] is None
+    assert rec["notes"] == ["champion v1's training rows are unknown (no keys artifact and no data_rev to rebuild "
+                            "them from): none excluded for it, so the comparison may favour it on rows it memorised"]
+
+
+@pytest.mark.parametrize("blocked", [STALE_DATA, INSUFFICIENT_FRESH])
+def test_a_gate_that_cannot_compare_fairly_is_neither_passed_nor_rejected_unless_overridden(data, blocked):
+    checks = run_checks(data["y"], data["better"], data["champ"], data["slices"], Policy())
+    assert decide(checks)[0] == "passed"
+    assert decide([], None, (blocked, ["why"])) == (blocked, ["why"])
+    forced, reasons = decide([], {"approve": True, "justification": "ship it", "by": "ana"}, (blocked, ["why"]))
+    assert forced == "passed" and reasons == [f"override by ana: passed (ship it); the checks alone gave {blocked}",
+                                              "why"]
+
+
+def test_markdown_states_the_rows_left_and_why(data):
+    holdout = {"n_rows": 1000, "n_fresh": 617, "n_excluded": 383, "min_fresh": 200, "uri": "runs:/r/h",
+               "exclusions": [{"model": "champion v1", "version": "1", "source": "artifact", "detail": "runs:/q/k",
+                               "n_trained": 3200, "n_excluded": 383}], "notes": []}
+    record = {"model": "m", "version": "2", "decision": STALE_DATA, "reasons": ["stale"], "decided_at": "now",
+              "dataset": "d", "holdout": holdout, "challenger": {"version": "2", "run_id": "r", "metrics": {}},
+              "champion": {"version": "1", "run_id": "q", "metrics": {}}, "checks": [],
+              "stale_data": {"relation": "older", "detail": "challenger data rev a is an ancestor", "allowed": False},
+              "policy": {"source": "defaults"}, "trigger": {}, "override": None}
+    md = render_markdown(record)
+    assert "STALE DATA" in md and "617 of 1000 holdout rows unseen" in md and "383 that champion v1 trained on" in md
+    assert "data revisions: older: challenger data rev a is an ancestor" in md
