@@ -12,6 +12,9 @@ DATASET = Asset(name="dataset", uri="mlops://dataset", group="mlops")
 MODEL_CANDIDATE = Asset(name="model_candidate", uri="mlops://model_candidate", group="mlops")
 # Emitted by `deploy` after the switch: extra {dataset, model, version, endpoint}.
 DEPLOYMENT = Asset(name="deployment", uri="mlops://deployment", group="mlops")
+# Emitted by `batch_score` when a run is finalized: extra {dataset, model, version, batch_run_id, output,
+# rows_in, scored, rejected, reject_reasons, score (histogram), mlflow_run_id}.
+BATCH_PREDICTIONS = Asset(name="batch_predictions", uri="mlops://batch_predictions", group="mlops")
 
 
 def asset_extras(triggering_asset_events: Any, asset: Asset) -> list[dict]:

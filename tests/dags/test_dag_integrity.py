@@ -16,7 +16,7 @@ DAG_FILES = sorted(p for p in DAGS_DIR.glob("*.py") if not p.name.startswith("_"
 # boto3 is not listed: Airflow itself imports it when an Asset-scheduled DAG makes the providers
 # manager load every provider's asset URI handlers (the amazon provider's S3 handler), whatever the DAG.
 HEAVY = ("pandas", "numpy", "sklearn", "mlflow", "great_expectations", "evidently", "dvc", "docker", "scipy")
-EXPECTED_DAGS = {"ingest", "train", "deploy", "monitor_drift"}
+EXPECTED_DAGS = {"ingest", "train", "deploy", "monitor_drift", "batch_score"}
 
 
 @pytest.fixture(scope="module")

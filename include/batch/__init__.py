@@ -1,0 +1,24 @@
+"""Batch scoring: a registered model version over a whole table, offline, with the online rules.
+
+* :mod:`include.batch.sources` - what to score (a data-repo revision, or CSV/Parquet files by
+  path, glob or S3 prefix), split into partitions, read as bounded Arrow record batches;
+* :mod:`include.batch.rows` - each chunk validated with the serving schema's rules (rejects get
+  the online 422 message) and framed as the model server frames a request;
+* :mod:`include.batch.job` - plan (model version resolved once) -> score partitions (mapped) ->
+  finalize (manifest + MLflow run), each step safe to retry or re-run.
+
+Heavy imports (pandas, pyarrow, sklearn, mlflow) live in the submodules: importing this package
+is cheap.
+"""
+
+from __future__ import annotations
+
+__all__ = ["plan", "score_partition", "finalize", "run", "manifest_extra", "label", "BatchInputError"]
+
+
+def __getattr__(name: str):
+    if name in __all__:
+        from include.batch import job
+
+        return getattr(job, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
