@@ -58,7 +58,12 @@ def test_gate_sets_aliases_and_records_every_decision(state):
     assert rec2["decision"] == "passed" and rec2["trigger"] == trigger
     assert rec2["champion"]["version"] == "1" and rec2["champion"]["data_rev"] == "rev1"
     assert rec2["challenger"]["data_rev"] == "rev2" and rec2["challenger"]["code_sha"]
-    assert rec2["holdout"]["n_rows"] == 1800
+    # time-based split on new days: no holdout row was the champion's, nothing excluded
+    h2 = rec2["holdout"]
+    assert (h2["n_rows"], h2["n_fresh"], h2["n_excluded"], h2["min_fresh"]) == (1800, 1800, 0, 200)
+    assert [(e["model"], e["source"], e["n_excluded"]) for e in h2["exclusions"]] == [
+        ("challenger v2", "artifact", 0), ("champion v1", "artifact", 0)]
+    assert rec2["stale_data"]["relation"] == "unknown"  # "rev1"/"rev2" are not in a data repo here
     names = [ch["name"] for ch in rec2["checks"]]
     assert {"minimum:roc_auc", "no_regression:accuracy", "no_regression:log_loss", "significance:roc_auc",
             "slice:device=mobile"} <= set(names)
@@ -82,6 +87,8 @@ def test_gate_sets_aliases_and_records_every_decision(state):
     v3 = train_and_register(big, spec, lineage=_lineage("rev2"), family="hgb", run_key="k3")
     g3 = evaluate_and_decide(name, v3["version"], dataset="sessions", trigger=trigger)
     assert g3["decision"] == "rejected"
+    rec3 = _record(g3["record_uri"])
+    assert rec3["stale_data"]["relation"] == "same" and rec3["holdout"]["n_fresh"] == 1800
     assert len(g3["reasons"]) == 1 and g3["reasons"][0].startswith("improvement in roc_auc not significant")
     assert str(c.get_model_version_by_alias(name, "challenger").version) == v2["version"]  # unchanged
     tags3 = c.get_model_version(name, v3["version"]).tags
