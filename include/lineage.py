@@ -3,6 +3,7 @@ result, code commit, training run, gate decision and deployments.
 
     lineage --request-id 3f2a...        # one prediction (from the response / X-Request-ID header)
     lineage --model-version 4           # one model version
+    lineage --batch-run manual__2026-...  # one batch scoring run (--key <row key>: one of its rows)
 
 Everything it reports is read from where the loop recorded it: the prediction log, the MLflow
 registry (version tags), the data repo (git + DVC manifest), the stored validation results and the
@@ -114,11 +115,48 @@ def trace_prediction(request_id: str, *, model: str | None = None) -> dict:
             "lineage": [model_lineage(model, v) for v in versions]}
 
 
+def trace_batch(batch_run: str, *, key: str | None = None) -> dict:
+    """A batch scoring run (by its batch run id or DAG run id): its manifest, the lineage of the
+    model version that scored it and, with ``key``, that row's prediction and/or rejection."""
+    from include.batch.job import MANIFEST, PLAN, batch_run_id, find_run
+    from include.batch.sources import filesystem, join, read_text
+
+    bid = batch_run_id(batch_run)
+    run = find_run(bid)
+    if run is None:
+        raise LineageError(f"no batch scoring run {batch_run!r} in MLflow (experiment 'batch-scoring'); "
+                           "a run is recorded when its finalize task succeeds")
+    output = run.data.tags["output"]
+    fs, base = filesystem(output)
+    manifest = json.loads(read_text(fs, join(base, MANIFEST)) or read_text(fs, join(base, PLAN)) or "{}")
+    out = {"batch_run_id": bid, "mlflow_run_id": run.info.run_id, "output": output, "manifest": manifest,
+           "lineage": model_lineage(run.data.tags["model_name"], run.data.tags["model_version"])}
+    if key is not None:
+        import pyarrow.compute as pc
+        import pyarrow.dataset as ds
+
+        from include.spec import load_spec
+
+        key_col = load_spec(run.data.tags["dataset"]).key
+        found = {}
+        for part in ("scores", "rejects"):
+            dataset = ds.dataset(join(base, part), filesystem=fs, format="parquet",
+                                 exclude_invalid_files=True, ignore_prefixes=[".", "_"])
+            table = dataset.to_table(filter=pc.field(key_col) == key)
+            found[part] = table.to_pylist()
+        if not (found["scores"] or found["rejects"]):
+            raise LineageError(f"no row with {key_col} = {key!r} in batch run {bid} ({output})")
+        out["rows"] = found
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="lineage", description=__doc__.splitlines()[0])
     group = ap.add_mutually_exclusive_group(required=True)
     group.add_argument("--request-id", help="a served prediction's request id")
     group.add_argument("--model-version", help="a registered model version")
+    group.add_argument("--batch-run", help="a batch_score run: its DAG run id (or the batch run id of its output)")
+    ap.add_argument("--key", default=None, help="with --batch-run: one row's key (its score or its rejection)")
     ap.add_argument("--model", default=None,
                     help="registered model name (default: every model for --request-id; the only dataset's "
                          "model for --model-version)")
@@ -126,6 +164,14 @@ def main(argv: list[str] | None = None) -> int:
     from include.catalog import model_for, single_dataset_or_fail
     from include.spec import SpecError
 
+    if args.batch_run:
+        try:
+            out = trace_batch(args.batch_run, key=args.key)
+        except LineageError as err:
+            print(f"lineage: {err}", file=sys.stderr)
+            return 2
+        print(json.dumps(out, indent=2, default=str))
+        return 0
     try:
         model = args.model or (None if args.request_id else model_for(single_dataset_or_fail("lineage")))
     except SpecError as err:

@@ -103,10 +103,13 @@ class ChunkValidator:
                 arr = pc.if_else(pc.is_nan(arr), pa.scalar(None, pa.float64()), arr)  # NaN = missing
                 if f.kind == "integer":
                     whole = pc.fill_null(pc.equal(arr, pc.floor(arr)), True).to_numpy(zero_copy_only=False)
-                    if whole.all():
-                        arr = pc.cast(arr, pa.int64())
-                    else:
-                        suspect |= ~whole  # the row model rejects the fraction with the online message
+                    if not whole.all():
+                        # the row model sees the fraction itself and rejects it with the online message
+                        for i in np.flatnonzero(~whole):
+                            raw.setdefault(int(i), arr[int(i)].as_py())
+                        suspect |= ~whole
+                        arr = pc.if_else(pa.array(whole), arr, pa.scalar(None, pa.float64()))
+                    arr = pc.cast(arr, pa.int64())
         return arr
 
     def _check(self, f: _Field, arr: pa.Array | None, n: int, suspect: np.ndarray) -> None:
