@@ -603,11 +603,15 @@ def _json(body: dict, status: int = 200, headers: dict | None = None) -> Respons
                     headers=headers)
 
 
-async def read_json_body(request: Request, max_bytes: int) -> bytes:
-    """The body of a JSON request, within ``max_bytes``; raises :class:`RequestProblem` (400, 413, 415)."""
+async def read_json_body(request: Request, max_bytes: int, *, untyped_is_json: bool = False) -> bytes:
+    """The body of a JSON request, within ``max_bytes``; raises :class:`RequestProblem` (400, 413, 415).
+
+    ``untyped_is_json``: a body without Content-Type is JSON (the V2 protocol's body always is, and
+    Triton's client sends none).
+    """
     ctype = request.headers.get("content-type", "")
     media = ctype.split(";", 1)[0].strip().lower()
-    if media != "application/json" and not media.endswith("+json"):
+    if (media or not untyped_is_json) and media != "application/json" and not media.endswith("+json"):
         raise RequestProblem(415, "unsupported_media_type",
                              f"send the body as JSON with Content-Type: application/json (got {ctype or 'none'!r})")
     length = request.headers.get("content-length")

@@ -85,6 +85,9 @@ class _V2Output(BaseModel):
 class _V2Request(BaseModel):
     model_config = ConfigDict(extra="forbid")
     id: str | None = None
+    # not in the protocol's request, but the kserve SDK's REST client sends them (the path names the model)
+    model_name: str | None = None
+    model_version: str | None = None
     parameters: dict[str, Any] | None = None
     inputs: Annotated[list[_V2Input], Field(min_length=1)]
     outputs: list[_V2Output] | None = None
@@ -310,7 +313,7 @@ def add_protocol_routes(app: FastAPI, server: ModelServer) -> None:
                 if request.headers.get("inference-header-content-length"):
                     raise RequestProblem(400, "bad_request", "binary tensor data is not supported; send JSON "
                                                              "tensors (tritonclient: binary_data=False)")
-                body = await read_json_body(request, server.cfg.max_body_bytes)
+                body = await read_json_body(request, server.cfg.max_body_bytes, untyped_is_json=True)
                 try:
                     req = _V2Request.model_validate_json(body)
                 except ValidationError as err:
