@@ -8,7 +8,7 @@
 # AIRFLOW_VERSION must equal the apache-airflow pin in requirements.txt (tests/unit/test_compose.py
 # checks it). Nothing secret is baked in: every credential comes from the environment at run time,
 # and .dockerignore admits only the files listed there (never .env, state/ or .git).
-# The image also runs the MLflow server and the serving gateway (same code, same pins).
+# The image also runs the MLflow server (same code, same pins); the serving edge is the official Caddy image.
 ARG AIRFLOW_VERSION=3.3.2
 ARG PYTHON_VERSION=3.11
 ARG AIRFLOW_BASE=apache/airflow:${AIRFLOW_VERSION}-python${PYTHON_VERSION}
@@ -44,7 +44,7 @@ RUN pip install --no-cache-dir "apache-airflow==${AIRFLOW_VERSION}" -r requireme
 COPY --chown=airflow:0 . ./
 RUN mkdir -p dags plugins \
  && pip install --no-cache-dir --no-deps -e . \
- && python -c "import include.config, include.gateway, include.cli" \
+ && python -c "import include.config, include.edge, include.cli" \
  && chmod -R g+rwX /opt/airflow/project
 # g+rwX: the containers may run as any AIRFLOW_UID with GID 0 (official image convention), and the
 # deploy task writes build/ (the serving image's wheelhouse) here.

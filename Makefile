@@ -23,7 +23,7 @@ install: $(VENV)/.installed
 demo: install           ## run the loop on the embedded stack (no Docker needed) and print what it did
 	$(PY) -m include.demo
 
-stop:                   ## stop the model servers and the gateway the demo/deploy left running
+stop:                   ## stop the model servers and the serving edge the demo/deploy left running
 	-$(PY) -m include.deployment stop
 
 test: install           ## every test: integrity, unit, integration, e2e (what CI runs)

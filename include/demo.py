@@ -3,7 +3,7 @@ remote, all under ``state/``) and print what each stage did.
 
 Each stage is a real DAG run (``dag.test()``: the tasks run in this process against the real
 metadata DB). The demo lands two good daily batches and one broken batch, ingests them, trains on
-the newest revision, gates it, deploys the champion behind the gateway (Docker when an engine
+the newest revision, gates it, deploys the champion behind the serving edge, Caddy (Docker when an engine
 answers, else local processes), serves normal traffic (no drift), then drifted traffic whose
 labels arrive in a later batch: monitor_drift fires, train runs on the new data, the gate passes
 and the new champion is deployed. Re-running it is safe: ingested batches are no-ops, a
@@ -152,7 +152,7 @@ def main() -> int:
     _run("train", {"dataset": DEMO_DATASET, "reason": "demo", "family": "logreg"})
     candidate = _alias(s, "challenger")
     if candidate and candidate != _alias(s, "champion"):
-        _step(f"deploy v{candidate}: build, infra-validate, switch the gateway, promote")
+        _step(f"deploy v{candidate}: build, infra-validate, switch the edge, promote")
         _run("deploy", {"model": _model(), "version": candidate})
     champion = _alias(s, "champion")
     if champion is None:
@@ -163,7 +163,7 @@ def main() -> int:
     from include.demo_data import make_batch, write_batch
     from include.ingestion import landing_prefix
 
-    _step(f"serving: normal traffic through the gateway {s.gateway_url}")
+    _step(f"serving: normal traffic through the edge {s.gateway_url}/models/{_model()}")
     print(f"served {serve_batch(s.gateway_url, make_batch(10, 600, seed=11))} rows per model version")
     time.sleep(1.5)  # the prediction log flushes every 0.5 s
     _step("monitor_drift on normal traffic: expect no retrain")
@@ -249,8 +249,8 @@ def _summary(s) -> None:
         print(f"{_model()} v{v.version}: gate={tags.get('gate_decision', '-')} "
               f"data_rev={tags.get('data_rev', '?')[:10]} family={tags.get('family', '?')} "
               f"reason={tags.get('reason', '?')} aliases={list(v.aliases)}")
-    print(f"champion: v{_alias(s, 'champion')}, serving at {s.gateway_url}/predict "
-          f"(docs: {s.gateway_url}/docs; stop the servers with `make stop`)")
+    print(f"champion: v{_alias(s, 'champion')}, serving at {s.gateway_url}/models/{_model()}/predict "
+          f"(request schema: {s.gateway_url}/models/{_model()}/schema; stop the servers with `make stop`)")
     print(f"MLflow UI: .venv/bin/mlflow ui --backend-store-uri {s.mlflow_tracking_uri}")
     print(f"audit logs: {s.reports_dir / 'audit.jsonl'} (gate), {s.reports_dir / 'deployments.jsonl'} (deploy)")
 

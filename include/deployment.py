@@ -1,4 +1,4 @@
-"""Stage 3: deploy a model version behind the gateway, blue/green, with automatic rollback.
+"""Stage 3: deploy a model version behind the serving edge (Caddy), blue/green, with rollback.
 
 Steps (one DAG task each, so the UI shows where a deploy stopped):
 
@@ -7,16 +7,16 @@ Steps (one DAG task each, so the UI shows where a deploy stopped):
                       version from the registry and scores the golden holdout sample; the scores
                       must equal the offline scores of the same version on the same rows;
 3. ``switch``         start the new server next to the old one, wait until it is ready, flip the
-                      gateway to it (zero failed requests, see include/gateway.py), then watch
-                      its health for a while;
+                      model's route on the edge to it (zero failed requests, see include/edge.py),
+                      then watch its health for a while;
 4. ``promote``        only then move the alias ``champion``, tag the version, append to the audit
-                      log and stop the old server after a drain period;
-5. ``rollback``       on any failure in 2-4: the gateway points back at the previous server,
+                      log; the old champion stays warm as the edge's fallback;
+5. ``rollback``       on any failure in 2-4: the edge points back at the previous server,
                       the new one is stopped, the alias is untouched; the old champion keeps serving.
 
 Backends: ``docker`` (a Docker engine, via ``DOCKER_HOST`` or the local socket) and ``local``
 (uvicorn processes on this machine, for ``make demo`` without Docker). ``MLOPS_DEPLOY_BACKEND``
-= ``auto`` picks docker when an engine answers.
+= ``auto`` picks docker when an engine answers and has (or can pull) the serving base image.
 """
 
 from __future__ import annotations
@@ -305,79 +305,50 @@ def backend_for(instance: dict, s: Settings | None = None):
     return get_backend(instance["backend"], s)
 
 
-# ---------------------------------------------------------------------------------------- gateway
+# ------------------------------------------------------------------------------- serving edge
+# The edge is Caddy (include/edge.py); these names are the deploy steps' view of it.
 
 
 def gateway_route(model: str, s: Settings | None = None) -> tuple[dict | None, dict | None]:
-    """(active, fallback) upstream records of ``model`` on the gateway; (None, None) if not routed."""
-    route = ((gateway_status(s) or {}).get("models") or {}).get(model) or {}
-    return route.get("active"), route.get("fallback")
+    """(active, fallback) upstream records of ``model`` on the edge; (None, None) if not routed."""
+    from include.edge import route
+
+    return route(model, s)
 
 
 def gateway_status(s: Settings | None = None) -> dict | None:
+    """The edge's routes (``{"models": ...}``) when its process answers, else None."""
+    from include.edge import admin_answers, status
+
     s = s or settings()
-    try:
-        r = _http("GET", s.gateway_url + "/_gateway/status", timeout=2.0)
-        return r.json() if r.status_code == 200 else None
-    except Exception:  # noqa: BLE001 - not running
-        return None
+    return status(s) if admin_answers(s) else None
 
 
 def ensure_gateway(s: Settings | None = None) -> dict:
-    """Start the gateway as a background process if nothing answers at MLOPS_GATEWAY_URL."""
-    s = s or settings()
-    status = gateway_status(s)
-    if status is not None:
-        return status
-    port = int(s.gateway_url.rsplit(":", 1)[1].split("/")[0])
-    logs = s.state_dir / "deploy" / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "include.gateway", "--port", str(port)],
-        stdout=open(logs / "gateway.log", "ab"), stderr=subprocess.STDOUT,  # noqa: SIM115
-        start_new_session=True, cwd=PROJECT_ROOT, env=os.environ.copy(),
-    )
-    # `stop` must find this state dir's gateway whatever port the caller's environment names
-    _gateway_proc_file(s).write_text(json.dumps({"pid": proc.pid, "url": s.gateway_url}))
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        status = gateway_status(s)
-        if status is not None:
-            log.info("started the gateway on %s", s.gateway_url)
-            return status
-        time.sleep(0.2)
-    raise DeployError(f"the gateway did not start on {s.gateway_url}; see {logs / 'gateway.log'}")
+    """Start the edge (Caddy) if it does not answer, with the routes of the current state."""
+    from include.edge import EdgeError, ensure_edge
+
+    try:
+        return ensure_edge(s)
+    except EdgeError as err:
+        raise DeployError(str(err)) from err
 
 
 def gateway_switch(upstream: dict, *, why: str, s: Settings | None = None, require_ready: bool = True) -> dict:
-    s = s or settings()
-    r = _http("POST", s.gateway_url + "/_gateway/switch", token=admin_token(s),
-              body={**upstream, "why": why, "require_ready": require_ready})
-    if r.status_code != 200:
-        raise DeployError(f"gateway refused the switch to {upstream.get('url')}: {r.status_code} {r.text[:300]}")
-    return r.json()
+    """Route the upstream's model to it; returns the model's route before the switch."""
+    from include.edge import EdgeError, switch
 
-
-def _gateway_proc_file(s: Settings) -> Path:
-    return s.state_dir / "deploy" / "gateway.proc.json"
-
-
-def _gateway_state_file(s: Settings) -> Path:
-    return s.state_dir / "deploy" / "gateway.json"
+    try:
+        return switch(upstream, why=why, s=s, require_ready=require_ready)
+    except EdgeError as err:
+        raise DeployError(f"the edge refused the switch to {upstream.get('url')}: {err}") from err
 
 
 def stop_gateway(s: Settings | None = None) -> None:
-    """Stop this state dir's gateway process (tests, `make stop`, `make clean-state`)."""
-    s = s or settings()
-    proc_file = _gateway_proc_file(s)
-    if proc_file.exists():
-        try:
-            os.killpg(int(json.loads(proc_file.read_text())["pid"]), signal.SIGTERM)
-        except (ProcessLookupError, ValueError, KeyError, json.JSONDecodeError):
-            pass
-        proc_file.unlink(missing_ok=True)
-    port = s.gateway_url.rsplit(":", 1)[1].split("/")[0]
-    subprocess.run(["pkill", "-f", f"include.gateway --port {port}"], check=False)
+    """Stop this state dir's edge process (tests, `make stop`, `make clean-state`)."""
+    from include.edge import stop_edge
+
+    stop_edge(s)
 
 
 # ------------------------------------------------------------------------------------------ steps
@@ -440,9 +411,10 @@ def switch_traffic(model: str, version: str, dataset: str, image: str | None, ba
     ensure_gateway(s)
     previous, _ = gateway_route(model, s)
     instance = backend.start(image, model, version, dataset)
+    before: dict = {}
     try:
         wait_ready(instance["url"], alive=lambda: backend.alive(instance))
-        gateway_switch(instance, why=f"deploy {model} v{version}", s=s)
+        before = gateway_switch(instance, why=f"deploy {model} v{version}", s=s)
         deadline = time.time() + watch_s
         while time.time() < deadline:
             if not backend.alive(instance):
@@ -454,14 +426,19 @@ def switch_traffic(model: str, version: str, dataset: str, image: str | None, ba
     except Exception:
         _undo_switch(instance, previous, backend)
         raise
-    return {"instance": instance, "previous": previous}
+    # the previous server stays warm as the fallback; the one that was the fallback before is no
+    # longer routed and is stopped once the deploy is promoted
+    return {"instance": instance, "previous": previous, "dropped": before.get("fallback")}
 
 
 def _undo_switch(instance: dict, previous: dict | None, backend) -> None:
+    from include.edge import forget
+
     s = backend.s
     active = gateway_route(instance["model"], s)[0] or {}
     if previous and active.get("url") == instance["url"]:
         gateway_switch(previous, why=f"rollback from v{instance['version']}", s=s, require_ready=False)
+    forget(instance["model"], instance, s=s)
     backend.stop(instance)
 
 
@@ -474,7 +451,8 @@ def audit(event: dict, s: Settings | None = None) -> None:
 
 
 def promote(model: str, version: str, switched: dict, *, trigger: dict, drain_s: float = 2.0) -> dict:
-    """Move the champion alias to the now-serving version, record it, retire the old server."""
+    """Move the champion alias to the now-serving version and record it; the old champion's server
+    stays warm as the edge's fallback (until the next deploy), the one before it is stopped."""
     from include.tracking import alias_version, client, configure_mlflow, with_retry
 
     s = settings()
@@ -484,13 +462,13 @@ def promote(model: str, version: str, switched: dict, *, trigger: dict, drain_s:
     with_retry(c.set_registered_model_alias, model, "champion", str(version))
     with_retry(c.set_model_version_tag, model, str(version), "deployed_at",
                time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-    instance, previous = switched["instance"], switched.get("previous")
+    instance, dropped = switched["instance"], switched.get("dropped")
     record = {"event": "deployed", "model": model, "version": str(version), "previous_champion": old,
               "endpoint": s.gateway_url, "instance": instance, "trigger": trigger}
     audit(record, s)
-    if previous and previous.get("url") != instance["url"]:
-        time.sleep(drain_s)  # requests already routed to the old server finish
-        backend_for(previous, s).stop(previous)
+    if dropped and dropped.get("url") != instance["url"]:
+        time.sleep(drain_s)  # requests already routed to it finish
+        backend_for(dropped, s).stop(dropped)
     return {"model": model, "version": str(version), "endpoint": s.gateway_url,
             "backend": instance["backend"], "previous_champion": old}
 
@@ -502,7 +480,10 @@ def rollback(model: str, version: str, *, reason: str) -> dict:
     active = active or {}
     restored = None
     if active.get("version") == str(version) and fallback:
+        from include.edge import forget
+
         gateway_switch(fallback, why=f"rollback: {reason}", s=s, require_ready=False)
+        forget(model, active, s=s)
         backend_for(active, s).stop(active)
         restored = fallback.get("version")
     audit({"event": "rolled_back", "model": model, "version": str(version), "reason": reason,
@@ -528,16 +509,17 @@ def already_deployed(model: str, version: str) -> bool:
 
 
 def stop_all(s: Settings | None = None) -> list[str]:
-    """Stop the servers the gateway knows about and the gateway itself (`make stop`).
+    """Stop the servers the edge routes to and the edge itself (`make stop`).
 
-    The routes come from the state dir's own gateway file, so this works even when the caller's
-    environment names another port (or the gateway is already down).
+    The routes come from the state dir's own edge file, so this works even when the caller's
+    environment names another port (or the edge is already down). The routes are cleared: the
+    next deploy starts from an empty edge, and `champion` still names what to redeploy.
     """
-    from include.gateway import GatewayState
+    from include.edge import clear, read_state
 
     s = s or settings()
-    # the file the gateway itself keeps: never another state dir's gateway that happens to answer
-    routes = GatewayState(_gateway_state_file(s)).models
+    # this state dir's own edge state: never another state dir's edge that happens to answer
+    routes = read_state(s)["models"]
     stopped = []
     for model, route in routes.items():
         for inst in (route.get("active"), route.get("fallback")):
@@ -545,6 +527,7 @@ def stop_all(s: Settings | None = None) -> list[str]:
                 backend_for(inst, s).stop(inst)
                 stopped.append(f"{model} v{inst.get('version')} ({inst.get('backend')} {inst.get('url')})")
     stop_gateway(s)
+    clear(s)
     return stopped
 
 

@@ -219,7 +219,6 @@ def live_stack(mode: str, state: Path, *, s3_url: str | None = None, extra_env: 
         _kill(procs)
         subprocess.run([str(VENV_BIN / "python"), "-m", "include.deployment", "stop"], env=env,
                        capture_output=True, check=False)
-        subprocess.run(["pkill", "-f", f"include.gateway --port {serving_port}"], check=False)
         for db in databases:
             drop_pg_database(db)
         shutil.rmtree(state / "airflow" / "logs", ignore_errors=True)

@@ -39,7 +39,7 @@ BIN = Path(sys.executable).parent
 AIRFLOW_SERVICES = {"airflow-apiserver", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer",
                     "airflow-worker"}
 ONE_SHOT = {"preflight", "airflow-init", "mlflow-db-init", "minio-init", "retrain"}
-EXPECTED_SERVICES = AIRFLOW_SERVICES | ONE_SHOT | {"postgres", "redis", "mlflow", "minio", "gateway", "prometheus"}
+EXPECTED_SERVICES = AIRFLOW_SERVICES | ONE_SHOT | {"postgres", "redis", "mlflow", "minio", "edge", "prometheus"}
 VALID_CONDITIONS = {"service_started", "service_healthy", "service_completed_successfully"}
 
 # Variables include/config.py reads that compose leaves to the embedded default on purpose.
@@ -58,7 +58,7 @@ EMBEDDED_ONLY = {
                         "would redirect every AWS client, not only the project's S3 calls",
 }
 # Secrets only the Celery worker (where tasks run) receives; the other Airflow components do without.
-WORKER_ONLY = {"MLOPS_ADMIN_TOKEN": "only the deploy task calls the gateway's admin API"}
+WORKER_ONLY = {"MLOPS_ADMIN_TOKEN": "only the deploy task calls the model servers' admin API"}
 
 SECRET_KEY = re.compile(r"PASSWORD|SECRET|TOKEN|FERNET|KEY")
 REQUIRED_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*):\?[^}]*\}")
@@ -266,7 +266,6 @@ def cli(tmp_path_factory, resolved) -> dict[str, subprocess.CompletedProcess]:
         "airflow --help": [str(BIN / "airflow"), "--help"],
         "airflow": [sys.executable, "-c", airflow_helps],
         "mlflow server": [sys.executable, "-c", mlflow_help, *mlflow_args],
-        "gateway": [sys.executable, "-m", "include.gateway", "--help"],
         "retrain": [sys.executable, "-m", "include.cli", "--help"],
     }
     procs = {name: subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -348,7 +347,7 @@ def test_airflow_components_wait_for_the_database_broker_and_init(services):
     worker = depends_on(services["airflow-worker"])
     assert worker.get("mlflow") == "service_healthy"
     assert worker.get("minio-init") == "service_completed_successfully"
-    assert worker.get("gateway") == "service_healthy"
+    assert worker.get("edge") == "service_healthy"
     for backing in ("postgres", "redis", "minio"):  # nothing stores a password before preflight passed
         assert depends_on(services[backing]).get("preflight") == "service_completed_successfully", backing
 
@@ -356,7 +355,7 @@ def test_airflow_components_wait_for_the_database_broker_and_init(services):
 def test_airflow_services_share_one_image_and_setup(raw, services):
     common = raw["x-airflow-common"]
     assert common["build"]["context"] == "." and common["build"]["dockerfile"] == "Dockerfile"
-    for name in AIRFLOW_SERVICES | {"airflow-init", "gateway", "mlflow", "preflight", "retrain"}:
+    for name in AIRFLOW_SERVICES | {"airflow-init", "mlflow", "preflight", "retrain"}:
         assert services[name]["image"] == common["image"], f"{name} must run the project's Airflow image"
         assert services[name]["build"] == common["build"], f"{name} must build the same image"
     for name in AIRFLOW_SERVICES:
@@ -419,13 +418,32 @@ def test_airflow_commands_exist_in_the_installed_cli(services, cli):
     assert helps["celery app"], "the Celery app the worker healthcheck pings does not import"
 
 
-def test_gateway_and_retrain_commands_run(services, cli):
-    command = argv(services["gateway"]["command"])
-    assert command[:3] == ["python", "-m", "include.gateway"]
-    assert command[command.index("--host") + 1] == "0.0.0.0"
-    help_text = ok(cli["gateway"])
-    for flag in (a for a in command if a.startswith("--")):
-        assert flag in help_text, f"include.gateway has no {flag}"
+def test_edge_is_caddy_loaded_with_the_bootstrap_config_the_code_generates(services, resolved):
+    from pathlib import Path
+
+    from include.edge import caddy_config
+
+    edge = services["edge"]
+    assert edge["image"].startswith("caddy:") and "build" not in edge, "the edge runs the official Caddy image"
+    command = argv(edge["command"])
+    assert command[:2] == ["caddy", "run"]
+    mounts = dict((target, source) for source, target in volume_mounts(edge))
+    bootstrap = json.loads((ROOT / mounts[command[command.index("--config") + 1]]).read_text())
+    worker = environment(resolved["airflow-worker"])
+    # the file is what include/edge.py would load with no model: regenerate it after changing either
+    assert bootstrap == caddy_config({"models": {}}, listen=f"{worker['MLOPS_EDGE_HOST'].replace('0.0.0.0', '')}:"
+                                     f"{worker['MLOPS_SERVING_PORT']}", admin=Path(worker["MLOPS_EDGE_ADMIN"]),
+                                     admin_mode=worker["MLOPS_EDGE_ADMIN_MODE"],
+                                     internal=worker["MLOPS_EDGE_INTERNAL"])
+    # the admin socket lives in a volume only the edge and the worker mount, never on a port
+    admin_dir = str(Path(worker["MLOPS_EDGE_ADMIN"]).parent)
+    sharing = {name for name, svc in services.items()
+               if any(target == admin_dir for _, target in volume_mounts(svc))}
+    assert sharing == {"edge", "airflow-worker"}, sharing
+    assert [p for p in edge.get("ports", []) if "2020" in str(p)] == [], "the internal port is never published"
+
+
+def test_retrain_command_runs(services, cli):
     entry = argv(services["retrain"]["entrypoint"])
     assert entry[-3:] == ["python", "-m", "include.cli"] and "/entrypoint" in entry
     assert "--reason" in ok(cli["retrain"])
@@ -462,14 +480,11 @@ def test_every_config_variable_is_set_for_the_airflow_services(services):
         missing = sorted(names - set(env) - allowed)
         assert not missing, (f"{name} does not set {missing}, which include/config.py reads: set it in "
                              f"docker-compose.yaml or allow-list it in EMBEDDED_ONLY with a reason")
-    gateway = environment(services["gateway"])
-    assert {"MLOPS_STATE_DIR", "MLOPS_ADMIN_TOKEN", "MLOPS_SERVING_PORT"} <= set(gateway)
 
 
 def test_endpoints_point_at_the_services(resolved, env_example):
     worker = environment(resolved["airflow-worker"])
     mlflow_cmd = argv(resolved["mlflow"]["command"])
-    gateway_cmd = argv(resolved["gateway"]["command"])
 
     def host_port(url: str) -> tuple[str, int | None]:
         u = urlsplit(url)
@@ -479,9 +494,7 @@ def test_endpoints_point_at_the_services(resolved, env_example):
     assert worker["MLFLOW_REGISTRY_URI"] == worker["MLFLOW_TRACKING_URI"]
     assert worker["MLOPS_MLFLOW_ARTIFACT_ROOT"].startswith("mlflow-artifacts:"), \
         "artifacts go through the MLflow server, so model servers need no S3 credentials"
-    gateway_port = int(gateway_cmd[gateway_cmd.index("--port") + 1])
-    assert host_port(worker["MLOPS_GATEWAY_URL"]) == ("gateway", gateway_port)
-    assert int(environment(resolved["gateway"])["MLOPS_SERVING_PORT"]) == gateway_port
+    assert host_port(worker["MLOPS_GATEWAY_URL"]) == ("edge", int(worker["MLOPS_SERVING_PORT"]))
     assert host_port(worker["MLOPS_S3_ENDPOINT"]) == ("minio", 9000)
     assert host_port(worker["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"]) == ("airflow-apiserver", 8080)
     assert host_port(worker["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"])[0] == "postgres"
@@ -496,7 +509,7 @@ def test_endpoints_point_at_the_services(resolved, env_example):
 
 def test_state_dir_is_mounted_at_the_same_path(resolved):
     """The worker starts serving containers through the host's engine: bind paths must be host paths."""
-    for name in AIRFLOW_SERVICES | {"gateway", "airflow-init"}:
+    for name in AIRFLOW_SERVICES | {"airflow-init"}:
         state = environment(resolved[name])["MLOPS_STATE_DIR"]
         assert (state, state) in volume_mounts(resolved[name]), f"{name}: {state} not mounted at the same path"
         assert state.startswith("/")
@@ -686,13 +699,12 @@ def test_dockerignore_admits_only_what_the_image_needs():
     assert not admitted & {".env", "state", ".git", ".venv", "build", "tests"}, admitted
 
 
-def test_prometheus_scrapes_the_model_server_through_the_gateway(services):
+def test_prometheus_scrapes_the_edge_metrics(services, resolved):
     mounts = dict((t, s) for s, t in volume_mounts(services["prometheus"]))
     source = mounts["/etc/prometheus/prometheus.yml"]
     assert (ROOT / source).resolve() == PROMETHEUS_CONFIG
     config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
-    gateway_cmd = argv(services["gateway"]["command"])
-    target = f"gateway:{gateway_cmd[gateway_cmd.index('--port') + 1]}"
+    target = f"edge{environment(resolved['airflow-worker'])['MLOPS_EDGE_INTERNAL']}"
     jobs = [j for j in config["scrape_configs"]
             if any(target in sc.get("targets", []) for sc in j.get("static_configs", []))]
     assert jobs and jobs[0].get("metrics_path", "/metrics") == "/metrics"

