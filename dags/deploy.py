@@ -108,7 +108,8 @@ def deploy():
         from include.deployment import promote
 
         record = promote(live["model"], live["version"], live["switched"],
-                         trigger={"dag_run_id": dag_run.run_id, "run_type": str(dag_run.run_type)})
+                         trigger={"dag_run_id": dag_run.run_id, "run_type": str(dag_run.run_type),
+                                  "user": getattr(dag_run, "triggering_user_name", None)})
         print(f"champion is now {record['model']} v{record['version']} (was {record['previous_champion']})")
         yield Metadata(DEPLOYMENT, {**record, "dataset": live["dataset"]})
 

@@ -113,8 +113,10 @@ def train():
             spec = load_spec(lineage["dataset"])
             df = select_window(DataRepo().load(lineage["dataset"], lineage["data_rev"], spec), spec,
                                params["window_days"])
+            # who triggered it (a UI/API user; None for a scheduled run): tag `trigger_user`
+            by = getattr(dag_run, "triggering_user_name", None)
             model = train_and_register(
-                df, spec, lineage={**lineage, **trigger, "dag_run_id": dag_run.run_id,
+                df, spec, lineage={**lineage, **trigger, "dag_run_id": dag_run.run_id, "trigger_user": by,
                                    "selection_window_days": params["window_days"] or None},
                 family=params["family"], params=params["hyperparams"], search=params["search"],
                 seed=params["seed"], reason=params["reason"],
@@ -140,7 +142,7 @@ def train():
             decision = evaluate_and_decide(
                 model["model"], model["version"], dataset=model["dataset"],
                 trigger={"dag_run_id": dag_run.run_id, "run_type": str(dag_run.run_type),
-                         "reason": params["reason"]},
+                         "reason": params["reason"], "user": getattr(dag_run, "triggering_user_name", None)},
                 override=override, allow_stale_data=params["allow_stale_data"],
             )
         print(f"gate decision for {model['model']} v{model['version']}: {decision['decision']} "
