@@ -372,6 +372,30 @@ def run_checks(y: np.ndarray, chall: np.ndarray, champ: np.ndarray | None, slice
     return checks
 
 
+def score_pair(rows, spec, challenger, champion=None) -> dict:
+    """Labels, both models' scores and metric sets on the same ``rows`` (what the checks read).
+
+    Pure given two fitted pipelines: the gate calls it with registered versions, model CI
+    (:mod:`include.model_ci`) with a candidate trained from a code change.
+    """
+    from include.training import predict_scores, target_array
+
+    y = target_array(rows, spec, challenger)
+    chall = predict_scores(challenger, rows, spec)
+    champ = predict_scores(champion, rows, spec) if champion is not None else None
+    return {"y": y, "challenger": chall, "champion": champ,
+            "challenger_metrics": metric_set(y, chall, spec.task),
+            "champion_metrics": metric_set(y, champ, spec.task) if champ is not None else None}
+
+
+def compare_checks(rows, spec, scored: dict, policy: Policy) -> list[dict]:
+    """Every check of ``policy`` on :func:`score_pair`'s output, with the spec's slices of ``rows``."""
+    from include.training import slice_labels
+
+    slices = {col: slice_labels(rows, col) for col in spec.slices if col in rows.columns}
+    return run_checks(scored["y"], scored["challenger"], scored["champion"], slices, policy)
+
+
 def validate_override(override: dict | None) -> dict | None:
     """``{approve: bool, justification: non-empty str, by?: str}`` or None; raises ValueError otherwise."""
     if override is None:
@@ -695,14 +719,7 @@ def evaluate_and_decide(model_name: str, version: str | int, *, dataset: str, tr
     from include.config import settings
     from include.spec import load_spec
     from include.tracking import client, configure_mlflow, with_retry
-    from include.training import (
-        HOLDOUT_ARTIFACT,
-        compute_threads,
-        load_model,
-        predict_scores,
-        slice_labels,
-        target_array,
-    )
+    from include.training import HOLDOUT_ARTIFACT, compute_threads, load_model
 
     override = validate_override(override)
     trigger = dict(trigger or {})
@@ -777,17 +794,13 @@ def evaluate_and_decide(model_name: str, version: str | int, *, dataset: str, tr
                              f"challenger's {list(challenger.classes_)}; they cannot be compared")
         # a blocked gate still shows what the rows that were left say, for whoever reads the record
         if len(fresh):
-            y = target_array(fresh, spec, challenger)
-            chall_scores = predict_scores(challenger, fresh, spec)
-            champ_scores = predict_scores(champion, fresh, spec) if champion is not None else None
-            chall_metrics = metric_set(y, chall_scores, spec.task)
-            champ_metrics = metric_set(y, champ_scores, spec.task) if champion is not None else None
+            scored = score_pair(fresh, spec, challenger, champion)
+            chall_metrics, champ_metrics = scored["challenger_metrics"], scored["champion_metrics"]
         t_score = time.perf_counter() - t0
 
         t0 = time.perf_counter()
         if blocked is None:
-            slices = {col: slice_labels(fresh, col) for col in spec.slices if col in fresh.columns}
-            checks = run_checks(y, chall_scores, champ_scores, slices, policy)
+            checks = compare_checks(fresh, spec, scored, policy)
         t_checks = time.perf_counter() - t0
     decision, reasons = decide(checks, override, blocked)
     exclusion["summary"] = exclusion_summary(exclusion)
