@@ -852,6 +852,9 @@ def evaluate_and_decide(model_name: str, version: str | int, *, dataset: str, tr
         (d / "decision.md").write_text(render_markdown(record))
         with_retry(c.log_artifact, mv.run_id, str(d / "decision.json"), "gate")
         with_retry(c.log_artifact, mv.run_id, str(d / "decision.md"), "gate")
+    from include.model_card import log_model_card  # the version's model card (md + html) on its run
+
+    log_model_card(record, c)
     audit = settings().reports_dir / "audit.jsonl"
     append_audit(record, audit)
     if decision == "passed":
