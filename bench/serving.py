@@ -1,12 +1,20 @@
-"""Throughput and latency of the project's model server vs `mlflow models serve`, same model, same machine.
+"""Throughput and latency of the project's model server vs `mlflow models serve` and MLServer, same model.
 
-    .venv/bin/python bench/serving.py [--seconds 20] [--concurrency 8] [--rows 1] [--only ours|mlflow]
+    .venv/bin/python bench/serving.py [--seconds 20] [--concurrency 8] [--rows 1]
+                                      [--only ours,ours-v2,mlflow,mlserver]
 
 Trains one spec-built pipeline (family "hgb") with include.training into a throw-away MLflow store,
-then serves that one registered version twice, one server at a time, each with one worker:
+then serves that one registered version with each server, each with one worker:
 
-* ours:   python -m include.serving (FastAPI + uvicorn/uvloop/httptools, micro-batching, prediction log on)
-* mlflow: mlflow models serve -m models:/NAME/VERSION --env-manager local --workers 1
+* ours:     python -m include.serving (FastAPI + uvicorn/uvloop/httptools, micro-batching, prediction
+            log on), driven at POST /predict;
+* ours-v2:  the same process, driven at its Open Inference Protocol endpoint
+            (POST /v2/models/NAME/infer, one tensor per column, content_type pd);
+* mlflow:   mlflow models serve -m models:/NAME/VERSION --env-manager local --workers 1;
+* mlserver: MLServer with its MLflow runtime (what KServe and Seldon run for MLflow models), one
+            process (parallel_workers 0), the same V2 body. It lives in its own venv under build/bench-mlserver
+            (made on first use with the project's pins of mlflow/scikit-learn/skops/numpy/pandas/scipy,
+            so the artifact loads the same way), never in the project lock.
 
 and drives each with the same closed-loop load: ``--concurrency`` keep-alive connections, each sending
 single-row JSON requests back to back, ``--seconds`` per server in total (after a warm-up), split in
@@ -122,6 +130,57 @@ def stop(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
+SERVERS = ("ours", "ours-v2", "mlflow", "mlserver")
+MLSERVER = ("mlserver==1.7.1", "mlserver-mlflow==1.7.1")
+# the model's own runtime in MLServer's venv: the project's pins, so the artifact loads the same way
+MODEL_RUNTIME = ("mlflow", "scikit-learn", "skops", "numpy", "pandas", "scipy")
+
+
+def mlserver_venv(root: Path) -> Path:
+    """MLServer in a throw-away venv of its own (its pins are not the project's); made once."""
+    venv = root / "build" / "bench-mlserver"
+    lock = dict(line.split("==", 1) for line in (root / "constraints.txt").read_text().splitlines()
+                if "==" in line and not line.startswith("#"))
+    reqs = [*MLSERVER, *(f"{p}=={lock[p]}" for p in MODEL_RUNTIME)]
+    stamp = venv / ".installed"
+    if not (stamp.exists() and stamp.read_text() == "\n".join(reqs)):
+        print(f"mlserver: installing {' '.join(reqs)} into {venv} (once; a few minutes)", flush=True)
+        subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
+        subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", *reqs], check=True)
+        stamp.write_text("\n".join(reqs))
+    return venv / "bin"
+
+
+def mlserver_repo(tmp: Path, name: str, version: str, port: int) -> Path:
+    """An MLServer model repository: the registered version's artifact and its model-settings.json."""
+    import mlflow
+
+    repo = tmp / "mlserver"
+    model_dir = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}",
+                                                         dst_path=str(repo / "model")))
+    (repo / "settings.json").write_text(json.dumps({
+        "http_port": port, "grpc_port": free_port(), "metrics_port": free_port(),
+        # 0: the model runs in the server process, one worker. MLServer 1.7.1's separate worker
+        # process dies at load here ("no current event loop in thread 'MainThread'").
+        "parallel_workers": 0,
+        "debug": False}))
+    (model_dir / "model-settings.json").write_text(json.dumps({
+        "name": name, "implementation": "mlserver_mlflow.MLflowRuntime",
+        "parameters": {"uri": str(model_dir), "version": version}}))
+    return repo
+
+
+def v2_body(rows) -> bytes:
+    """Rows as Open Inference Protocol tensors, one per column (what a DataFrame codec sends)."""
+    types = {"int64": "INT64", "float64": "FP64"}
+    records = json.loads(rows.to_json(orient="columns"))
+    return json.dumps({"parameters": {"content_type": "pd"}, "inputs": [
+        {"name": c, "shape": [len(rows)], "datatype": types.get(str(rows[c].dtype), "BYTES"),
+         # MLServer's codecs decode BYTES as bytes unless told the column holds strings
+         **({} if str(rows[c].dtype) in types else {"parameters": {"content_type": "str"}}),
+         "data": list(records[c].values())} for c in rows.columns]}).encode()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=20.0)
@@ -129,7 +188,7 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--rows", type=int, default=1, help="rows per request")
     ap.add_argument("--rounds", type=int, default=4, help="alternate between the servers this many times")
-    ap.add_argument("--only", choices=["ours", "mlflow"])
+    ap.add_argument("--only", help="comma-separated subset of: " + ", ".join(SERVERS))
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (logs, MLflow store, prediction log)")
     args = ap.parse_args()
 
@@ -161,24 +220,39 @@ def main() -> None:
     ours_body = json.dumps({"instances": records}).encode()
     mlflow_body = json.dumps({"dataframe_records": records}).encode()
     bin_dir = Path(sys.executable).parent
+    infer = f"/v2/models/{name}/infer"
 
+    labels = [s for s in SERVERS if not args.only or s in args.only.split(",")]
+    if "ours-v2" in labels and "ours" not in labels:
+        labels.insert(0, "ours")
+    mlserver_bin = mlserver_venv(Path(__file__).resolve().parents[1]) if "mlserver" in labels else None
+    ports = {label: free_port() for label in labels}
     servers = {
         "ours": ([sys.executable, "-m", "include.serving", "--port", "{port}", "--model-version", version,
-                  "--log-level", "warning"], "/ready", "/predict", ours_body),
+                  "--dataset", spec.name, "--log-level", "warning"], "/ready", "/predict", ours_body),
+        "ours-v2": (None, None, infer, v2_body(rows)),  # the "ours" process, its V2 endpoint
         "mlflow": ([str(bin_dir / "mlflow"), "models", "serve", "-m", f"models:/{name}/{version}",
                     "--env-manager", "local", "-h", "127.0.0.1", "-p", "{port}", "--workers", "1"],
                    "/ping", "/invocations", mlflow_body),
     }
-    labels = [label for label in servers if not args.only or label == args.only]
-    procs, ports, results = {}, {}, {}
+    if mlserver_bin:
+        repo = mlserver_repo(tmp, name, version, ports["mlserver"])
+        servers["mlserver"] = ([str(mlserver_bin / "mlserver"), "start", str(repo)],
+                               f"/v2/models/{name}/ready", infer, v2_body(rows))
+    if "ours-v2" in labels:
+        ports["ours-v2"] = ports["ours"]
+    procs, results = {}, {}
     try:
         for label in labels:
             cmd, ready_path, _path, _body = servers[label]
-            ports[label] = port = free_port()
-            procs[label] = start([c.replace("{port}", str(port)) for c in cmd],
-                                 {**env, "PATH": f"{bin_dir}:{env['PATH']}"}, tmp / f"{label}.log")
+            if cmd is None:
+                continue
+            port = ports[label]
+            path_env = f"{mlserver_bin if label == 'mlserver' else bin_dir}:{env['PATH']}"
+            procs[label] = start([c.replace("{port}", str(port)) for c in cmd], {**env, "PATH": path_env},
+                                 tmp / f"{label}.log")
             startup = wait_ready(f"http://127.0.0.1:{port}{ready_path}", procs[label])
-            print(f"{label:>6}: ready after {startup:.1f}s")
+            print(f"{label:>8}: ready after {startup:.1f}s")
         # Both servers run; the load alternates between them in short rounds, so a change in the
         # machine's background load hits both alike (the idle one costs next to nothing).
         lat: dict[str, list[float]] = {label: [] for label in labels}
@@ -205,12 +279,15 @@ def main() -> None:
 
         r = results[label] = {"requests": len(xs), "errors": errs[label], "rps": len(xs) / wall[label],
                               "p50_ms": pct(50), "p90_ms": pct(90), "p99_ms": pct(99)}
-        print(f"{label:>6}: {r['rps']:8.1f} req/s  p50 {r['p50_ms']:7.2f} ms  p90 {r['p90_ms']:7.2f} ms  "
+        print(f"{label:>8}: {r['rps']:8.1f} req/s  p50 {r['p50_ms']:7.2f} ms  p90 {r['p90_ms']:7.2f} ms  "
               f"p99 {r['p99_ms']:7.2f} ms  ({r['requests']} requests, {r['errors']} non-200)")
-    if len(results) == 2:
-        o, m = results["ours"], results["mlflow"]
-        print(f"ratio ours/mlflow: throughput {o['rps'] / m['rps']:.1f}x (goal >= 5x), "
-              f"p99 {o['p99_ms'] / m['p99_ms']:.2f}x (goal <= 0.3x), p50 {o['p50_ms'] / m['p50_ms']:.2f}x")
+    for mine, other, goal in (("ours", "mlflow", "goal >= 5x, p99 <= 0.3x"),
+                              ("ours-v2", "mlserver", "goal >= 5x, p99 <= 0.3x"),
+                              ("ours-v2", "ours", "goal: within 10%")):
+        if mine in results and other in results:
+            o, m = results[mine], results[other]
+            print(f"ratio {mine}/{other}: throughput {o['rps'] / m['rps']:.2f}x, p99 {o['p99_ms'] / m['p99_ms']:.2f}x, "
+                  f"p50 {o['p50_ms'] / m['p50_ms']:.2f}x ({goal})")
     print(f"concurrency {args.concurrency}, {args.rows} row(s)/request, {args.seconds:.0f}s per server in "
           f"{args.rounds} alternating rounds, "
           f"1 worker each, {os.cpu_count()} CPUs shared with the load generator")
