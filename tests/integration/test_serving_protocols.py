@@ -84,30 +84,12 @@ def edge(served, tmp_path_factory):
         mp.setenv("MLOPS_STATE_DIR", str(tmp / "state"))
         mp.setenv("MLOPS_SERVING_PORT", str(port))
         mp.setenv("MLOPS_GATEWAY_URL", f"http://127.0.0.1:{port}")
-        try:
-            from include.edge import ensure_edge, stop_edge, switch
-        except ImportError:  # the Python gateway of earlier releases
-            yield _python_gateway(tmp, upstream)
-            return
+        from include.edge import ensure_edge, stop_edge, switch
+
         ensure_edge()
         switch(upstream, why="test")
         yield f"http://127.0.0.1:{port}"
         stop_edge()
-
-
-def _python_gateway(tmp: Path, upstream: dict) -> str:
-    import uvicorn
-
-    from include.gateway import create_app
-
-    port = free_port()
-    gw = uvicorn.Server(uvicorn.Config(create_app(tmp / "gw.json", admin_token="t"), host="127.0.0.1",
-                                       port=port, log_level="warning"))
-    threading.Thread(target=gw.run, daemon=True).start()
-    url = f"http://127.0.0.1:{port}"
-    wait_http(url + "/_gateway/status")
-    httpx.post(url + "/_gateway/switch", json=upstream, headers={"Authorization": "Bearer t"}).raise_for_status()
-    return url
 
 
 def _records(rows: pd.DataFrame) -> list[dict]:
