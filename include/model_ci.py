@@ -1,0 +1,556 @@
+"""`mlops-ci`: model CI. A code change is trained and gated against the champion before it merges.
+
+    mlops-ci check --dataset sessions [--report report.md] [--reproduce]
+                   [--family hgb] [--param max_iter=300] [--allow-neutral]
+
+From the working tree's code:
+
+1. resolve the dataset's champion (alias ``champion`` of the spec's registered model) and its
+   recipe from its lineage tags and run params: data rev, window, seed, split fractions, family,
+   hyperparameters (the ones it was fitted with; a search run's chosen ones);
+2. load the dataset exactly as of that rev (DVC) and train the working tree's pipeline with that
+   recipe (``--family``/``--param`` on top, e.g. to try new hyperparameters) through
+   :func:`include.training.train_and_register` into a THROW-AWAY MLflow store (a temp SQLite DB +
+   artifact dir, deleted afterwards): nothing is registered, aliased or tagged in the real
+   registry, and the command checks that before it exits;
+3. score both models on the candidate's holdout minus every row either trained on, with the
+   promotion gate's own functions (:func:`include.gate.unseen_rows` pieces, :func:`score_pair`,
+   :func:`compare_checks`, :func:`decide`): minimums, secondary-metric and slice regressions,
+   paired-bootstrap significance;
+4. print a Markdown report: metrics side by side, per-slice table, verdict and reasons, what
+   changed (code sha vs the champion's, dependency pins vs the champion's recorded requirements).
+
+Exit status: 0 when the gate would pass the candidate, or when its scores are identical to the
+champion's ("no significant change"); 1 when the gate would reject it (or ``--reproduce`` finds
+non-determinism); 2 for a usage or setup error (no champion, unknown dataset, missing data rev).
+``--allow-neutral`` also passes a change whose only failed check is significance and that is not
+significantly worse either (a refactor that moves scores by noise).
+
+The same environment variables as every stage pick the stores (``MLFLOW_TRACKING_URI``,
+``MLOPS_DATA_REPO``, ``MLOPS_DVC_REMOTE``, AWS credentials for S3): embedded or remote, one path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import logging
+import math
+import os
+import subprocess
+import sys
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+NO_CHANGE = "no significant change"
+_STORE_VARS = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLOPS_MLFLOW_ARTIFACT_ROOT")
+
+
+class CiError(RuntimeError):
+    """A setup problem (no champion, unknown dataset, missing rev): exit 2 with this message."""
+
+
+# ------------------------------------------------------------------------------------------ recipe
+
+
+@dataclass
+class Recipe:
+    """How a model version was trained, from its lineage tags and run params."""
+
+    data_rev: str
+    data_md5: str
+    validation_id: str
+    family: str
+    params: dict[str, Any]
+    seed: int
+    holdout_frac: float
+    val_frac: float
+    window_days: float
+    search: bool
+    code_sha: str
+
+    def describe(self) -> str:
+        win = f", window {self.window_days:g} days" if self.window_days else ""
+        return (f"{self.family} {json.dumps(self.params, sort_keys=True)} on data rev {self.data_rev[:10]}{win}, "
+                f"seed {self.seed}, fractions {self.holdout_frac:g}/{self.val_frac:g}")
+
+
+def _param_value(text: str) -> Any:
+    """An MLflow param (always a string) back to the Python value it was logged from."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def recipe_of(mv, run) -> Recipe:
+    """The recipe of a registered version; a clear error when a piece is not recorded."""
+    tags, params = mv.tags or {}, run.data.params
+    rev = tags.get("data_rev") or params.get("data_rev")
+    if not rev or rev == "unknown":
+        raise CiError(f"{mv.name} v{mv.version} records no data_rev: its data cannot be reloaded")
+    try:
+        return Recipe(
+            data_rev=rev, data_md5=tags.get("data_md5", "unknown"), validation_id=tags.get("validation_id", "unknown"),
+            family=tags.get("family") or params["family"],
+            params={k[3:]: _param_value(v) for k, v in params.items() if k.startswith("hp.")},
+            seed=int(params["seed"]), holdout_frac=float(params["holdout_frac"]), val_frac=float(params["val_frac"]),
+            window_days=float(tags.get("selection_window_days") or 0),
+            search=str(params.get("search", "False")) == "True", code_sha=tags.get("code_sha", "unknown"),
+        )
+    except (KeyError, ValueError) as err:
+        raise CiError(f"{mv.name} v{mv.version} (run {mv.run_id}) has an incomplete training recipe: {err}") from err
+
+
+# ----------------------------------------------------------------------------------------- stores
+
+
+@contextmanager
+def scratch_store(root: Path):
+    """MLflow pointed at a throw-away SQLite store + artifact dir under ``root`` for the block.
+
+    Everything :func:`include.training.train_and_register` does (run, model, registered version)
+    lands there; the real stores are restored on exit, whatever happens.
+    """
+    import mlflow
+
+    saved = {k: os.environ.get(k) for k in _STORE_VARS}
+    db = f"sqlite:///{root / 'mlflow.db'}"
+    os.environ.update({"MLFLOW_TRACKING_URI": db, "MLFLOW_REGISTRY_URI": db,
+                       "MLOPS_MLFLOW_ARTIFACT_ROOT": (root / "artifacts").as_uri()})
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        from include.config import settings
+
+        mlflow.set_tracking_uri(settings().mlflow_tracking_uri)
+        mlflow.set_registry_uri(settings().mlflow_registry_uri)
+
+
+def registry_snapshot(c, name: str) -> dict:
+    """Everything model CI must not change in the real registry: versions, their tags and aliases,
+    the model's tags and aliases."""
+    from include.tracking import with_retry
+
+    rm = with_retry(c.get_registered_model, name)
+    versions = with_retry(c.search_model_versions, f"name='{name}'")
+    return {
+        "model_tags": dict(rm.tags or {}),
+        "aliases": dict(sorted((a, str(v)) for a, v in (rm.aliases or {}).items())),
+        "versions": {str(v.version): {"tags": dict(v.tags or {}), "run_id": v.run_id, "status": v.status}
+                     for v in versions},
+    }
+
+
+# -------------------------------------------------------------------------------------- training
+
+
+def _train(df, spec, recipe: Recipe, *, family: str, params: dict, run_key: str) -> dict:
+    from include.training import train_and_register
+
+    lineage = {"data_rev": recipe.data_rev, "data_md5": recipe.data_md5, "validation_id": recipe.validation_id,
+               "dataset": spec.name, "dag_run_id": run_key,
+               "selection_window_days": recipe.window_days or None}
+    # search=False: the champion's recorded hyperparameters are the ones it was finally fitted with
+    return train_and_register(df, spec, lineage=lineage, family=family, params=params, seed=recipe.seed,
+                              reason="model-ci", run_key=run_key, holdout_frac=recipe.holdout_frac,
+                              val_frac=recipe.val_frac)
+
+
+def _trained_in_scratch(result: dict, spec, label: str) -> dict:
+    """Model, holdout, training keys and requirements of a version in the (active) scratch store."""
+    import mlflow
+    import pandas as pd
+
+    from include.gate import training_keys
+    from include.tracking import client, configure_mlflow
+    from include.training import load_model
+
+    configure_mlflow()
+    c = client()
+    mv = c.get_model_version(result["model"], result["version"])
+    with tempfile.TemporaryDirectory(prefix="model-ci-holdout-") as tmp:
+        holdout = pd.read_parquet(mlflow.artifacts.download_artifacts(result["holdout_uri"], dst_path=tmp))
+    return {"model": load_model(result["model"], result["version"]), "holdout": holdout,
+            "keys": training_keys(mv, spec, label, c=c), "metrics": result["metrics"],
+            "requirements": model_requirements(result["model"], result["version"])}
+
+
+def model_requirements(name: str, version: str) -> dict[str, str] | None:
+    """``{package: version}`` pinned in a registered version's ``requirements.txt``, None if absent."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from include.tracking import with_retry
+
+    with tempfile.TemporaryDirectory(prefix="model-ci-req-") as tmp:
+        try:
+            local = with_retry(mlflow.artifacts.download_artifacts,
+                               artifact_uri=f"models:/{name}/{version}/requirements.txt", dst_path=tmp)
+        except (MlflowException, OSError):
+            return None
+        return _pins(Path(local).read_text())
+
+
+def _pins(text: str) -> dict[str, str]:
+    """``{canonical name: version}`` of the exact pins in a requirements/constraints text."""
+    out = {}
+    for line in text.splitlines():
+        line = line.split("#", 1)[0].strip()
+        if "==" in line and not line.startswith("-"):
+            name, _, ver = line.partition("==")
+            out[_canon(name.split("[", 1)[0].strip())] = ver.split(";", 1)[0].strip()
+    return out
+
+
+def _canon(name: str) -> str:
+    import re
+
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+# ------------------------------------------------------------------------------------------ check
+
+
+@dataclass
+class CheckResult:
+    dataset: str
+    model: str
+    champion_version: str
+    recipe: Recipe
+    candidate: dict  # {family, params, code_sha, dirty}
+    verdict: str  # "passed" | "rejected" | NO_CHANGE | a blocked gate verdict
+    gate_decision: str
+    reasons: list[str]
+    checks: list[dict]
+    metrics: dict  # {"candidate": {...}, "champion": {...}}
+    holdout: dict
+    worse: dict | None
+    identical: bool
+    code: dict
+    deps: dict
+    reproduce: dict | None = None
+    policy_source: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        if self.reproduce is not None and not self.reproduce["ok"]:
+            return 1
+        return 0 if self.verdict in ("passed", NO_CHANGE) else 1
+
+
+def check(dataset: str, *, family: str | None = None, params: dict | None = None, reproduce: bool = False,
+          allow_neutral: bool = False) -> CheckResult:
+    """Train the working tree's pipeline on the champion's recipe and gate it against the champion."""
+    from mlflow.exceptions import MlflowException
+
+    from include.gate import (
+        CHAMPION,
+        INSUFFICIENT_FRESH,
+        check_significance,
+        compare_checks,
+        decide,
+        exclude_trained_rows,
+        load_policy,
+        score_pair,
+        training_keys,
+    )
+    from include.spec import SpecError, load_spec
+    from include.tracking import client, configure_mlflow, with_retry
+    from include.training import code_sha, compute_threads, load_model, select_window
+    from include.versioning import DataRepo, DataRepoError
+
+    try:
+        spec = load_spec(dataset)
+    except SpecError as err:
+        raise CiError(str(err)) from err
+    policy = load_policy(dataset, spec.task)
+    name = spec.model_name
+    configure_mlflow()
+    c = client()
+    try:
+        champ_mv = with_retry(c.get_model_version_by_alias, name, CHAMPION)
+    except MlflowException as err:
+        raise CiError(f"{name} has no {CHAMPION!r} alias, so there is nothing to compare a change with "
+                      f"(the first model only meets the gate's absolute minimums): {err.message}") from err
+    before = registry_snapshot(c, name)
+    champ_run = with_retry(c.get_run, champ_mv.run_id)
+    recipe = recipe_of(champ_mv, champ_run)
+    cand_family = family or recipe.family
+    cand_params = {**(recipe.params if cand_family == recipe.family else {}), **(params or {})}
+    label_champ = f"champion v{champ_mv.version}"
+    champ_keys = training_keys(champ_mv, spec, label_champ, c=c)
+    champ_req = model_requirements(name, str(champ_mv.version))
+    try:
+        df = select_window(DataRepo().load(dataset, recipe.data_rev, spec), spec, recipe.window_days)
+    except DataRepoError as err:
+        raise CiError(f"the champion's data rev cannot be loaded: {err}") from err
+
+    sha = code_sha()
+    run_tag = sha[:12]
+    with compute_threads():
+        champion = load_model(name, champ_mv.version)
+        with tempfile.TemporaryDirectory(prefix="model-ci-") as tmp, scratch_store(Path(tmp)):
+            cand = _trained_in_scratch(
+                _train(df, spec, recipe, family=cand_family, params=cand_params, run_key=f"model-ci/{run_tag}/candidate"),
+                spec, "candidate")
+            repro = None
+            if reproduce:
+                same = cand_family == recipe.family and cand_params == recipe.params
+                repro_metrics = cand["metrics"] if same else _train(
+                    df, spec, recipe, family=recipe.family, params=recipe.params,
+                    run_key=f"model-ci/{run_tag}/reproduce")["metrics"]
+                repro = compare_metrics(dict(champ_run.data.metrics), repro_metrics)
+                repro["code_differs"] = recipe.code_sha != sha or _dirty()
+        configure_mlflow()  # the real store again, for the snapshot below
+
+        fresh, holdout = exclude_trained_rows(cand["holdout"], spec.key, [cand["keys"], champ_keys])
+        holdout["min_fresh"] = policy.fresh_minimum(holdout["n_rows"])
+        blocked = None
+        if holdout["n_fresh"] < holdout["min_fresh"]:
+            blocked = (INSUFFICIENT_FRESH, [f"insufficient fresh holdout: {holdout['n_fresh']} rows unseen by both "
+                                            f"models < {holdout['min_fresh']} (min_fresh_holdout)"])
+        checks: list[dict] = []
+        worse = None
+        identical = False
+        metrics: dict = {"candidate": {}, "champion": {}}
+        if holdout["n_fresh"]:
+            scored = score_pair(fresh, spec, cand["model"], champion)
+            metrics = {"candidate": scored["challenger_metrics"], "champion": scored["champion_metrics"]}
+            identical = bool((scored["challenger"] == scored["champion"]).all())
+            if blocked is None:
+                checks = compare_checks(fresh, spec, scored, policy)
+                # the same paired bootstrap the other way round: is the candidate significantly WORSE?
+                worse = check_significance(scored["y"], scored["challenger"], scored["champion"], policy)
+    decision, reasons = decide(checks, None, blocked)
+    verdict = decision
+    if identical and blocked is None:
+        verdict, reasons = NO_CHANGE, [f"identical scores on all {holdout['n_fresh']} unseen holdout rows: the "
+                                       f"change does not alter the model's behaviour (the promotion gate alone "
+                                       f"would say: {decision})"]
+    elif allow_neutral and decision == "rejected" and worse is not None and not worse["passed"] \
+            and all(ch["passed"] for ch in checks if not ch["name"].startswith("significance:")):
+        verdict = NO_CHANGE
+        reasons = [f"not significantly better nor worse (--allow-neutral): {r}" for r in reasons]
+
+    after = registry_snapshot(c, name)
+    if after != before:
+        raise RuntimeError(f"model CI changed the real registry of {name}: before {before}, after {after}")
+    return CheckResult(
+        dataset=dataset, model=name, champion_version=str(champ_mv.version), recipe=recipe,
+        candidate={"family": cand_family, "params": cand_params, "code_sha": sha, "dirty": _dirty()},
+        verdict=verdict, gate_decision=decision, reasons=reasons, checks=checks, metrics=metrics, holdout=holdout,
+        worse=worse, identical=identical, code=code_change(recipe.code_sha, sha),
+        deps=dependency_diff(champ_req, cand["requirements"]), reproduce=repro, policy_source=policy.source,
+    )
+
+
+def compare_metrics(recorded: dict[str, float], again: dict[str, float]) -> dict:
+    """Exact comparison of a run's recorded metrics with a retrain's: which differ, by how much."""
+    keys = sorted(k for k in recorded if k in again and not k.startswith("search_"))
+    differ = [{"metric": k, "recorded": recorded[k], "reproduced": again[k], "delta": again[k] - recorded[k]}
+              for k in keys if not (recorded[k] == again[k] or (math.isnan(recorded[k]) and math.isnan(again[k])))]
+    return {"ok": not differ, "n_compared": len(keys), "differ": differ}
+
+
+def _git(*args: str) -> subprocess.CompletedProcess:
+    from include.config import PROJECT_ROOT
+
+    return subprocess.run(["git", "-C", str(PROJECT_ROOT), *args], capture_output=True, text=True, timeout=30)
+
+
+def _dirty() -> bool:
+    try:
+        return bool(_git("status", "--porcelain", "--untracked-files=no").stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
+def code_change(champion_sha: str, sha: str) -> dict:
+    """The working tree against the champion's code sha: the files that differ, when git knows it."""
+    out = {"champion": champion_sha, "candidate": sha, "dirty": _dirty(), "files": None, "note": ""}
+    if champion_sha in ("", "unknown"):
+        out["note"] = "the champion records no code sha"
+        return out
+    try:
+        if _git("cat-file", "-e", f"{champion_sha}^{{commit}}").returncode != 0:
+            out["note"] = f"commit {champion_sha[:12]} is not in this checkout (fetch its history to list the files)"
+            return out
+        out["files"] = [x.replace("\t", " ") for x in
+                        _git("diff", "--name-status", champion_sha, "--").stdout.strip().splitlines()]
+    except (OSError, subprocess.SubprocessError) as err:
+        out["note"] = f"git diff failed: {err}"
+    return out
+
+
+def dependency_diff(champion: dict[str, str] | None, candidate: dict[str, str] | None) -> dict:
+    """The champion's recorded model requirements vs the working tree's lock (constraints.txt) and
+    the candidate's own recorded requirements."""
+    from include.config import PROJECT_ROOT
+
+    lock_path = PROJECT_ROOT / "constraints.txt"
+    lock = _pins(lock_path.read_text()) if lock_path.exists() else None
+    rows = []
+    if champion is not None:
+        for pkg in sorted(set(champion) | set(candidate or {})):
+            was, now = champion.get(pkg), (candidate or {}).get(pkg) or (lock or {}).get(pkg)
+            locked = (lock or {}).get(pkg)
+            rows.append({"package": pkg, "champion": was, "candidate": now, "lock": locked, "changed": was != now})
+    return {"recorded": champion is not None, "lock": lock is not None, "rows": rows,
+            "n_locked": len(lock or {}), "lock_path": str(lock_path.name)}
+
+
+# ----------------------------------------------------------------------------------------- report
+
+
+def _f(x: Any) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "–"
+    return f"{x:.4f}" if isinstance(x, float) else str(x)
+
+
+def render(r: CheckResult) -> str:
+    from include.training import HIGHER_IS_BETTER
+
+    badge = {"passed": "PASSED", NO_CHANGE: "NO SIGNIFICANT CHANGE"}.get(r.verdict, r.verdict.upper())
+    cand = r.candidate
+    lines = [
+        f"# Model CI: `{r.dataset}` — **{badge}**", "",
+        f"- champion: `{r.model}` v{r.champion_version}, trained as {r.recipe.describe()}",
+        f"- candidate: this working tree's pipeline, {cand['family']} {json.dumps(cand['params'], sort_keys=True)}, "
+        f"same data rev and seed, trained in a throw-away MLflow store (nothing registered)",
+        f"- holdout: {r.holdout['n_fresh']} of {r.holdout['n_rows']} candidate holdout rows unseen by both models "
+        f"(excluded {r.holdout['n_excluded']}; minimum {r.holdout['min_fresh']})",
+        f"- gate policy: {r.policy_source}", "",
+        "## Verdict", "", *[f"- {x}" for x in r.reasons],
+    ]
+    if r.verdict != r.gate_decision:
+        lines.append(f"- the promotion gate alone: {r.gate_decision}")
+    sig = next((c for c in r.checks if c["name"].startswith("significance:")), None)
+    if sig is not None and r.worse is not None:
+        upper = -r.worse["ci_lower"]
+        lines.append(f"- {sig['name'].split(':', 1)[1]} change {sig['value']:+.4f}, one-sided {sig['confidence']:.0%} "
+                     f"bounds [{sig['ci_lower']:+.4f}, {upper:+.4f}] (paired bootstrap, {sig['n_boot']} samples)"
+                     + ("; significantly worse" if r.worse["passed"] else ""))
+    lines += ["", "## Metrics", "", "| metric | champion | candidate | change |", "|---|---|---|---|"]
+    for m, v in r.metrics["candidate"].items():
+        b = r.metrics["champion"].get(m)
+        delta = v - b if b is not None else None
+        arrow = "" if not delta else (" ▲" if (delta > 0) == HIGHER_IS_BETTER[m] else " ▼")
+        lines.append(f"| {m} | {_f(b)} | {_f(v)} | {'–' if delta is None else f'{delta:+.4f}'}{arrow} |")
+    slices = [c for c in r.checks if c["name"].startswith("slice:")]
+    if slices:
+        lines += ["", "## Slices", "", "| slice | rows | champion | candidate | drop | verdict |", "|---|---|---|---|---|---|"]
+        for c in slices:
+            verdict = "skipped" if c.get("skipped") else ("pass" if c["passed"] else "**FAIL**")
+            lines.append(f"| {c['name'][6:]} | {c.get('n')} | {_f(c.get('champion'))} | {_f(c['value'])} | "
+                         f"{_f(c.get('drop'))} | {verdict} |")
+    if r.checks:
+        lines += ["", "## Gate checks", "", "| check | verdict | detail |", "|---|---|---|"]
+        for c in r.checks:
+            verdict = "skipped" if c.get("skipped") else ("pass" if c["passed"] else "**FAIL**")
+            lines.append(f"| {c['name']} | {verdict} | {c['reason']} |")
+    code = r.code
+    dirty = " + uncommitted changes" if code["dirty"] else ""
+    lines += ["", "## What changed", "",
+              f"- code: `{code['candidate'][:12]}`{dirty} vs the champion's `{code['champion'][:12]}`"
+              + (" (same commit)" if code["candidate"] == code["champion"] and not code["dirty"] else "")]
+    if code["files"]:
+        shown = code["files"][:30]
+        lines.append(f"- files changed since the champion's commit ({len(code['files'])}): "
+                     + ", ".join(f"`{x}`" for x in shown) + (" …" if len(code["files"]) > 30 else ""))
+    elif code["note"]:
+        lines.append(f"- {code['note']}")
+    d = r.deps
+    if not d["recorded"]:
+        lines.append("- dependencies: the champion recorded no requirements, so no lock diff is possible")
+    else:
+        changed = [x for x in d["rows"] if x["changed"]]
+        lines.append(f"- dependencies: the champion recorded the model's own pins only ({len(d['rows'])} packages), "
+                     f"not the full lock; the working tree locks {d['n_locked']} in {d['lock_path']}"
+                     if d["lock"] else "- dependencies: the working tree has no constraints.txt lock")
+        lines.append("  - no pinned package changed" if not changed else
+                     "  - changed: " + ", ".join(f"{x['package']} {x['champion']} → {x['candidate']}" for x in changed))
+        lines += ["", "| package | champion | candidate | lock |", "|---|---|---|---|"]
+        lines += [f"| {x['package']} | {x['champion'] or '–'} | {x['candidate'] or '–'} | {x['lock'] or '–'} |"
+                  for x in d["rows"]]
+    if r.reproduce is not None:
+        rp = r.reproduce
+        lines += ["", "## Reproducibility", ""]
+        if rp["ok"]:
+            lines.append(f"- retraining the champion's recipe reproduced all {rp['n_compared']} of its recorded "
+                         f"metrics exactly")
+        else:
+            lines.append(f"- **non-determinism**: {len(rp['differ'])} of {rp['n_compared']} recorded metrics differ "
+                         f"when the champion's recipe is retrained")
+            if rp["code_differs"]:
+                lines.append("  - caution: the retrain ran this working tree's code, which differs from the "
+                             "champion's commit; the change itself may explain the difference")
+            lines += ["", "| metric | recorded | reproduced | delta |", "|---|---|---|---|"]
+            lines += [f"| {x['metric']} | {x['recorded']!r} | {x['reproduced']!r} | {x['delta']:+.3g} |"
+                      for x in rp["differ"][:50]]
+    lines.append("")
+    return "\n".join(lines)
+
+
+# -------------------------------------------------------------------------------------------- cli
+
+
+def _param(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"--param needs key=value, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="mlops-ci", description="Model CI: train this working tree's pipeline on the "
+                                 "champion's data and gate it against the champion.")
+    sub = ap.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("check", help="train the working tree's pipeline and gate it against the champion")
+    p.add_argument("--dataset", required=True, help="dataset spec name (include/specs/<name>.yaml)")
+    p.add_argument("--report", type=Path, default=None, help="also write the Markdown report to this file")
+    p.add_argument("--reproduce", action="store_true",
+                   help="also check that retraining the champion's recipe reproduces its recorded metrics exactly")
+    p.add_argument("--family", default=None, help="model family instead of the champion's (simulates a code change)")
+    p.add_argument("--param", action="append", type=_param, default=[], metavar="KEY=VALUE",
+                   help="hyperparameter on top of the champion's (repeatable), e.g. --param max_iter=300")
+    p.add_argument("--allow-neutral", action="store_true",
+                   help="pass a change that is neither significantly better nor worse (default: the gate's rule)")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        result = check(args.dataset, family=args.family, params=dict(args.param) or None,
+                       reproduce=args.reproduce, allow_neutral=args.allow_neutral)
+    except CiError as err:
+        print(f"mlops-ci: {err}", file=sys.stderr)
+        return 2
+    report = render(result)
+    if args.report is not None:
+        args.report.parent.mkdir(parents=True, exist_ok=True)
+        args.report.write_text(report)
+    print(report)
+    return result.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
