@@ -217,7 +217,9 @@ def test_unknown_route_and_method_are_json_4xx(client, registry):
 def test_schema_endpoint_describes_the_spec(client, spec):
     schema = client.get("/schema").json()
     row = next(iter(schema["$defs"].values()))
-    assert set(row["properties"]) == {c.name for c in spec.feature_columns} | {spec.key}
+    # features, plus the optional key and timestamp (accepted, not scored)
+    assert set(row["properties"]) == {c.name for c in spec.feature_columns} | {spec.key, spec.timestamp}
+    assert set(row["required"]) <= {c.name for c in spec.feature_columns}
     assert row["additionalProperties"] is False
     assert row["properties"]["pages_viewed"]["maximum"] == 500
 
