@@ -283,6 +283,10 @@ def check(dataset: str, *, family: str | None = None, params: dict | None = None
     try:
         champ_mv = with_retry(c.get_model_version_by_alias, name, CHAMPION)
     except MlflowException as err:
+        from include.tracking import is_unreachable
+
+        if is_unreachable(err):  # an unreachable store is not "no champion"
+            raise
         raise CiError(f"{name} has no {CHAMPION!r} alias, so there is nothing to compare a change with "
                       f"(the first model only meets the gate's absolute minimums): {err.message}") from err
     before = registry_snapshot(c, name)
