@@ -177,7 +177,7 @@ def score_partition(part: dict) -> dict:
 
     from include.batch.rows import ChunkValidator
     from include.spec import load_spec
-    from include.training import positive_label, predict_scores
+    from include.training import predict_scores
 
     fs, base = sources.filesystem(part["output"])
     scores_path, rejects_path = _part_paths(base, part["index"])
