@@ -106,14 +106,19 @@ def empty_required_fields(dialog: WebElement) -> list[str]:
     return out
 
 
-def wait_trigger_enabled(dialog: WebElement, timeout: float = 10) -> bool:
-    """Give the form's validation time to settle; True once the Trigger button is enabled."""
-    deadline = time.time() + timeout
+def wait_trigger_enabled(dialog: WebElement, timeout: float = 10, stable: float = 1.0) -> bool:
+    """True once the Trigger button has stayed enabled for `stable` seconds (the form validates its
+    Params in an effect after they render, so an early look could see it enabled a moment too soon)."""
+    deadline, since = time.time() + timeout, None
     while time.time() < deadline:
         if submit_button(dialog).is_enabled():
-            return True
-        time.sleep(0.25)
-    return submit_button(dialog).is_enabled()
+            since = since or time.time()
+            if time.time() - since >= stable:
+                return True
+        else:
+            since = None
+        time.sleep(0.1)
+    return False
 
 
 def set_param(driver, dialog: WebElement, name: str, value: str) -> None:
