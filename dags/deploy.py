@@ -46,10 +46,10 @@ DATASETS, MODELS = dataset_names(), sorted(model_names())
     default_args={"owner": "mlops", "retries": 2, "retry_delay": pendulum.duration(seconds=10)},
     params={
         "dataset": Param(None, type=["null", "string"], enum=[None, *DATASETS], title="Dataset",
-                         values_display={"None": "(from the triggering event / the model below)",
+                         values_display={"None": "(the triggering events' models, else every dataset's challenger)",
                                          **{d: d for d in DATASETS}},
                          description="Deploy this dataset's registered model. Empty: the triggering "
-                                     "model_candidate events, else the model below, else the only dataset."),
+                                     "model_candidate events, else the model below, else every dataset's challenger."),
         "model": Param(None, type=["null", "string"], enum=[None, *MODELS], title="Model",
                        values_display={"None": "(the dataset's own model)", **{m: m for m in MODELS}},
                        description="Registered model name (each dataset spec names its own)."),

@@ -46,10 +46,10 @@ DATASETS = dataset_names()
     },
     params={
         "dataset": Param(None, type=["null", "string"], enum=[None, *DATASETS], title="Dataset",
-                         values_display={"None": "(from the triggering event / the only dataset)",
+                         values_display={"None": "(the triggering events' datasets, else every dataset)",
                                          **{d: d for d in DATASETS}},
                          description="Dataset spec name (include/specs/<name>.yaml). Empty: every dataset "
-                                     "with a new revision in the triggering events, else the only dataset."),
+                                     "with a new revision in the triggering events, else every dataset that has data."),
         "data_rev": Param("latest", type="string", title="Data revision",
                           description="Data-repo git sha to train on; `latest` = newest (or the triggering Asset's rev)."),
         "family": Param("hgb", type="string", enum=["hgb", "logreg", "ridge"], title="Model family",

@@ -4,7 +4,7 @@
   version); two datasets whose challengers passed the gate together deploy side by side;
 * by hand (UI form / REST): ``model`` or ``dataset`` picks the model (each dataset owns one), and
   ``version`` is a number or an alias (``challenger`` by default, ``champion`` to redeploy);
-* neither: the only dataset's model, its ``challenger``.
+* neither (the UI form's defaults): every dataset's model that has a ``challenger``.
 
 Versions already champion and serving are dropped here (a re-run changes nothing).
 """
@@ -20,7 +20,7 @@ ALIASES = ("challenger", "champion")
 
 def requested(params: dict, triggering_asset_events: Any = None) -> list[dict]:
     """[{dataset, model, version-or-alias}] before any registry lookup."""
-    from include.catalog import dataset_for_model, model_for, single_dataset_or_fail
+    from include.catalog import dataset_for_model, dataset_names, model_for, single_dataset_or_fail
     from include.spec import SpecError
 
     model, dataset, version = params.get("model") or None, params.get("dataset") or None, params.get("version") or None
@@ -28,8 +28,14 @@ def requested(params: dict, triggering_asset_events: Any = None) -> list[dict]:
     if model is None and dataset is None and version is None and events:
         return [{"dataset": e.get("dataset") or dataset_for_model(e["model"]), "model": e["model"],
                  "version": str(e["version"])} for e in events]
+    if model is None and dataset is None:
+        if version is not None:
+            dataset = single_dataset_or_fail("deploy of a version number")
+        else:
+            # the UI form's defaults: every dataset's challenger, where there is one
+            return [{"dataset": d, "model": model_for(d), "version": "challenger", "optional": True}
+                    for d in dataset_names()]
     if model is None:
-        dataset = dataset or single_dataset_or_fail("deploy")
         model = model_for(dataset)
     owner = dataset_for_model(model)
     if dataset is not None and dataset != owner:
@@ -41,27 +47,25 @@ def requested(params: dict, triggering_asset_events: Any = None) -> list[dict]:
 
 def resolve(params: dict, triggering_asset_events: Any = None) -> list[dict]:
     """Candidates with concrete version numbers, minus those already champion and serving."""
-    from mlflow.exceptions import MlflowException
-
     from include.deployment import already_deployed
     from include.spec import SpecError
-    from include.tracking import client, configure_mlflow
+    from include.tracking import alias_version, configure_mlflow
 
     configure_mlflow()
     out = []
     for want in requested(params, triggering_asset_events):
         version = want["version"]
         if version in ALIASES:
-            try:
-                version = client().get_model_version_by_alias(want["model"], version).version
-            except MlflowException as err:
-                if getattr(err, "error_code", "") not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
-                    raise
-                raise SpecError(f"{want['model']} has no version with alias {want['version']!r}") from err
+            version = alias_version(want["model"], version)
+            if version is None:
+                if want.get("optional"):
+                    print(f"{want['model']} has no {want['version']} version: nothing to deploy for it")
+                    continue
+                raise SpecError(f"{want['model']} has no version with alias {want['version']!r}")
         elif not version.isdigit():
             raise SpecError(f"version must be a number or one of {ALIASES}, got {version!r}")
         if already_deployed(want["model"], str(version)):
             print(f"{want['model']} v{version} is already champion and serving: nothing to do")
             continue
-        out.append({**want, "version": str(version)})
+        out.append({k: v for k, v in {**want, "version": str(version)}.items() if k != "optional"})
     return out

@@ -5,8 +5,8 @@ trigger started the run.
   triggering events (the newest revision of each): two datasets ingested together train together;
 * a run that names a ``dataset`` (UI form, REST, the drift trigger) trains that dataset at its
   ``data_rev`` (``latest`` = the newest triggering event of that dataset, else the repo's HEAD);
-* a run that names nothing, with no event, trains the only dataset there is, or fails at once
-  asking which.
+* a run that names nothing, with no event (the UI form's defaults), trains every dataset that has
+  data, each at its newest revision; with nothing ingested yet it fails at once saying so.
 
 Each revision is resolved to a full commit sha and checked to exist before any training starts.
 """
@@ -23,15 +23,19 @@ def requested(params: dict, triggering_asset_events: Any = None) -> list[dict]:
 
     ``params`` already hold the run's conf (Airflow merges conf over the Params' defaults).
     """
-    from include.catalog import single_dataset_or_fail
+    from include.catalog import dataset_names, single_dataset_or_fail
 
     dataset = params.get("dataset") or None
     rev = params.get("data_rev") or "latest"
     events = newest_per(asset_extras(triggering_asset_events, DATASET), "dataset")
     if dataset is None and rev == "latest" and events:
         return [{"dataset": e["dataset"], "data_rev": e["dvc_rev"], "rev_source": "asset event"} for e in events]
+    if dataset is None and rev == "latest":
+        # a manual run with the form's defaults: every dataset that has data, each at its newest rev
+        return [{"dataset": d, "data_rev": "latest", "rev_source": "every dataset (no dataset named)"}
+                for d in dataset_names()]
     if dataset is None:
-        dataset = single_dataset_or_fail("train")
+        dataset = single_dataset_or_fail("train with an explicit data_rev")
     if rev == "latest":
         for e in events:
             if e["dataset"] == dataset:
@@ -41,13 +45,22 @@ def requested(params: dict, triggering_asset_events: Any = None) -> list[dict]:
 
 def resolve(params: dict, triggering_asset_events: Any = None) -> list[dict]:
     """Lineage of the data to train on, one per dataset: {dataset, data_rev, data_md5, rows, ...}."""
-    from include.spec import load_spec
-    from include.versioning import DataRepo
+    from include.spec import SpecError, load_spec
+    from include.versioning import DataRepo, RevisionNotFound
 
-    repo, out = DataRepo(), []
-    for want in requested(params, triggering_asset_events):
+    repo, out, empty = DataRepo(), [], []
+    wanted = requested(params, triggering_asset_events)
+    for want in wanted:
         load_spec(want["dataset"])  # a missing or broken spec fails here, before any data is read
-        lineage = repo.lineage(want["dataset"], want["data_rev"])
+        try:
+            lineage = repo.lineage(want["dataset"], want["data_rev"])
+        except RevisionNotFound:
+            if not want["rev_source"].startswith("every dataset"):
+                raise
+            empty.append(want["dataset"])  # "every dataset" means every dataset that has data
+            continue
         lineage["rev_source"] = want["rev_source"]
         out.append(lineage)
+    if not out:
+        raise SpecError(f"no dataset has data to train on yet ({', '.join(empty)}): land a batch and run ingest")
     return out

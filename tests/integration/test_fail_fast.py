@@ -46,14 +46,19 @@ def test_a_data_rev_that_does_not_exist_fails_train_at_once(airflow_db, one_batc
     assert "data rev '0123456789abcdef' does not exist" in capsys.readouterr().out
 
 
-def test_an_unknown_dataset_or_no_dataset_among_several_fails_at_once(airflow_db, state, capsys):
+def test_an_unknown_dataset_or_nothing_to_train_fails_at_once(airflow_db, state, capsys):
     from airflow.sdk.exceptions import ParamValidationError
 
     # the form's choices are the specs: an unknown name is refused before any run exists
     with pytest.raises(ParamValidationError, match="'no_such_data' is not one of"):
         _run("train", {"dataset": "no_such_data", "reason": "test"})
-    # several specs ship (sessions, deliveries): a manual run naming none must say which exist
+    # the form's defaults name no dataset: every dataset with data trains; with none ingested yet
+    # the run says so at once
     dr, tis = _run("train", {"reason": "test"})
+    _failed_at_once(tis["resolve_data"])
+    assert "no dataset has data to train on yet" in capsys.readouterr().out
+    # a data rev without a dataset is ambiguous among several specs (sessions, deliveries)
+    dr, tis = _run("train", {"reason": "test", "data_rev": "0123456789abcdef"})
     _failed_at_once(tis["resolve_data"])
     assert "say which dataset" in capsys.readouterr().out
 
@@ -78,3 +83,7 @@ def test_deploy_of_a_model_no_spec_owns_fails_at_once(airflow_db, state, capsys)
     _failed_at_once(tis["resolve_candidates"])  # no registered model / alias yet
     out = capsys.readouterr().out
     assert "say which dataset" in out and "has no version with alias 'challenger'" in out
+    # the form's defaults: every dataset's challenger, and there is none yet: nothing to do, no failure
+    dr, tis = _run("deploy", {})
+    assert str(dr.state) == "success" and str(tis["resolve_candidates"].state) == "success"
+    assert "has no challenger version: nothing to deploy for it" in capsys.readouterr().out
