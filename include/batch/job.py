@@ -171,13 +171,9 @@ def _committed_stats(fs, path: str) -> dict | None:
 
 def score_partition(part: dict) -> dict:
     """Validate and score one partition into its scores and rejects files; returns its stats."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
+    from threadpoolctl import threadpool_limits
 
-    from include.batch.rows import ChunkValidator
-    from include.spec import load_spec
-    from include.training import predict_scores
+    from include.config import env_number
 
     fs, base = sources.filesystem(part["output"])
     scores_path, rejects_path = _part_paths(base, part["index"])
@@ -186,6 +182,21 @@ def score_partition(part: dict) -> dict:
     if done and done.get("fingerprint") == fp:
         log.info("partition %s is already scored (%d rows): nothing to do", label(part), done["scored"])
         return done
+    # Scale-out is one mapped task per core: OpenMP threads inside a task only fight the other
+    # tasks (HistGradientBoosting predicted 200k rows in 2.7 s with 1 thread, 4.4 s with 2, here).
+    with threadpool_limits(limits=env_number("MLOPS_BATCH_MODEL_THREADS", 1)):
+        return _score_partition(part, fs, scores_path, rejects_path, fp)
+
+
+def _score_partition(part: dict, fs, scores_path: str, rejects_path: str, fp: str) -> dict:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from include.batch.rows import ChunkValidator
+    from include.spec import load_spec
+    from include.training import predict_scores
+
     spec = load_spec(part["dataset"])
     validator = ChunkValidator(spec)
     model = _model(part["model"], part["version"])
