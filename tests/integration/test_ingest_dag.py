@@ -161,3 +161,20 @@ def test_every_bad_kind_leaves_repo_and_remote_unchanged(state, tmp_path, monkey
 
     assert _commits(repo) == before_commits
     assert _remote_files(remote) == before_remote
+
+
+def test_the_demo_leaves_nothing_queued_for_a_later_scheduler(airflow_db, state):
+    """dag.test's Asset events queue asset-triggered runs; a scheduler started later on the same
+    state would run them (issue 17: the demo's leftovers re-registered the champion)."""
+    from airflow.models.asset import AssetDagRunQueue
+    from airflow.utils.session import create_session
+
+    from include.demo import leave_nothing_queued
+
+    write_batch(make_batch(0, 500), Path(state.landing) / "sessions" / "day0.csv")
+    assert str(_dag("ingest").test().state) == "success"
+    with create_session() as session:
+        assert session.query(AssetDagRunQueue).filter(AssetDagRunQueue.target_dag_id == "train").count() == 1
+    leave_nothing_queued()
+    with create_session() as session:
+        assert session.query(AssetDagRunQueue).count() == 0
