@@ -96,7 +96,7 @@ def retrain_main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reason", required=True, help="why: recorded on the model version's lineage tags")
     ap.add_argument("--data-rev", default="latest", help="data-repo sha to train on (default: latest)")
     ap.add_argument("--dataset", default=None,
-                    help="dataset spec to retrain (required when there are several; default: the only one)")
+                    help="dataset spec to retrain (default: every dataset that has data)")
     ap.add_argument("--family", choices=["hgb", "logreg", "ridge"], default=None)
     ap.add_argument("--param", action="append", type=_param, default=[], metavar="KEY=VALUE",
                     help="estimator hyperparameter (repeatable), e.g. --param max_iter=200")
@@ -105,15 +105,10 @@ def retrain_main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     import httpx
 
-    from include.catalog import single_dataset_or_fail
-    from include.spec import SpecError
-
-    try:
-        dataset = args.dataset or single_dataset_or_fail("retrain")
-    except SpecError as err:
-        print(f"retrain: {err}", file=sys.stderr)
-        return 2
-    conf: dict = {"reason": args.reason, "data_rev": args.data_rev, "dataset": dataset}
+    # no dataset: the train DAG trains every dataset that has data (what its form's default does)
+    conf: dict = {"reason": args.reason, "data_rev": args.data_rev}
+    if args.dataset:
+        conf["dataset"] = args.dataset
     if args.family:
         conf["family"] = args.family
     if args.param:
