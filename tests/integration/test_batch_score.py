@@ -125,8 +125,10 @@ def test_batch_score_dag_scores_like_the_server_and_rejects_like_it(airflow_db, 
     assert set(states.values()) == {"success"}, states
     assert sum(1 for t, _ in states if t == "score") == 5  # 3 row-group ranges + 2 CSV files
 
-    out = Path(state.state_dir) / "batch" / "sessions"
-    [run_dir] = list(out.iterdir())
+    from include.batch import job
+
+    # the state dir is the test session's: other tests' batch runs live next to this one
+    run_dir = Path(state.state_dir) / "batch" / "sessions" / job.batch_run_id(dr.run_id)
     manifest = json.loads((run_dir / "_manifest.json").read_text())
     n_bad = len(BAD) + 1 + len(extra)
     assert manifest["rows_in"] == len(good) + len(bad_csv_good) + len(BAD) + 1 + len(extra)
