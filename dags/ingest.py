@@ -59,9 +59,10 @@ def ingest():
         from include.catalog import dataset_names
         from include.ingestion import list_landed, stray_landed
 
-        datasets = [params["dataset"]] if params["dataset"] else dataset_names()
+        known = dataset_names()
+        datasets = [params["dataset"]] if params["dataset"] else known
         batches = [{"dataset": d, "ref": ref} for d in datasets for ref in list_landed(d, params["batch_glob"])]
-        stray = stray_landed(dataset_names())
+        stray = stray_landed(known)
         if stray:
             print(f"WARNING: {len(stray)} file(s) in the landing zone belong to no dataset and are not ingested "
                   f"(put them under <landing>/<dataset>/): {stray[:10]}")

@@ -60,12 +60,9 @@ def list_landed(dataset: str, pattern: str = "*.csv*", s: Settings | None = None
     where = landing_prefix(dataset, s)
     if s.landing_is_s3:
         bucket, prefix = _split_s3(where)
-        keys = _s3_hook().list_keys(bucket_name=bucket, prefix=f"{prefix}/") or []
-        # only the prefix's own files: nothing under _ingested/ or any deeper folder
-        return sorted(
-            f"s3://{bucket}/{k}" for k in keys
-            if "/" not in k[len(prefix) + 1:] and fnmatch.fnmatch(k.rsplit("/", 1)[-1], pattern)
-        )
+        # one level (delimiter "/"): the prefix's own files, never its growing _ingested/ archive
+        keys = _s3_hook().list_keys(bucket_name=bucket, prefix=f"{prefix}/", delimiter="/") or []
+        return sorted(f"s3://{bucket}/{k}" for k in keys if fnmatch.fnmatch(k.rsplit("/", 1)[-1], pattern))
     landing = Path(where)
     if not landing.exists():
         return []
@@ -73,17 +70,26 @@ def list_landed(dataset: str, pattern: str = "*.csv*", s: Settings | None = None
 
 
 def stray_landed(datasets: list[str], s: Settings | None = None) -> list[str]:
-    """Files at the landing root or under a prefix no spec names: nothing ingests them."""
+    """Entries at the landing root that no dataset prefix covers (files, or folders named after no
+    spec, shown with a trailing "/"): nothing ingests them.
+
+    Only the root level is listed: the dataset prefixes and their growing `_ingested/` archives
+    are not walked on every run.
+    """
     s = s or settings()
     if s.landing_is_s3:
         bucket, prefix = _split_s3(s.landing)
-        keys = _s3_hook().list_keys(bucket_name=bucket, prefix=f"{prefix}/" if prefix else "") or []
-        rel = [k[len(prefix) + 1:] if prefix else k for k in keys]
+        root = f"{prefix}/" if prefix else ""
+        hook = _s3_hook()
+        files = [k[len(root):] for k in hook.list_keys(bucket_name=bucket, prefix=root, delimiter="/") or []]
+        folders = [p[len(root):] for p in hook.list_prefixes(bucket_name=bucket, prefix=root, delimiter="/") or []]
     else:
-        root = Path(s.landing)
-        rel = [str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()] if root.exists() else []
-    return sorted(r for r in rel if r.split("/", 1)[0] not in datasets or "/" not in r
-                  if INGESTED_SUBDIR not in r.split("/"))
+        landing = Path(s.landing)
+        entries = list(landing.iterdir()) if landing.exists() else []
+        files = [p.name for p in entries if p.is_file()]
+        folders = [f"{p.name}/" for p in entries if p.is_dir()]
+    known = {f"{d}/" for d in datasets} | {f"{INGESTED_SUBDIR}/"}
+    return sorted(files + [f for f in folders if f not in known])
 
 
 def _staged_path(batch_ref: str, s: Settings) -> Path:
