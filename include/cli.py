@@ -81,7 +81,8 @@ def wait(client, base: str, headers: dict, dag_id: str, run_id: str, *, timeout:
     raise ApiError(f"run {run_id} did not finish within {timeout:.0f}s")
 
 
-def _param(text: str) -> tuple[str, object]:
+def key_value_arg(text: str) -> tuple[str, object]:
+    """argparse type of `--param KEY=VALUE` (the value as JSON when it parses, else the string)."""
     key, sep, value = text.partition("=")
     if not sep:
         raise argparse.ArgumentTypeError(f"--param needs key=value, got {text!r}")
@@ -98,7 +99,7 @@ def retrain_main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dataset", default=None,
                     help="dataset spec to retrain (default: every dataset that has data)")
     ap.add_argument("--family", choices=["hgb", "logreg", "ridge"], default=None)
-    ap.add_argument("--param", action="append", type=_param, default=[], metavar="KEY=VALUE",
+    ap.add_argument("--param", action="append", type=key_value_arg, default=[], metavar="KEY=VALUE",
                     help="estimator hyperparameter (repeatable), e.g. --param max_iter=200")
     ap.add_argument("--wait", action="store_true", help="wait for the run, printing task progress")
     ap.add_argument("--timeout", type=float, default=1800)

@@ -45,11 +45,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from unittest import mock
+
+from include.cli import key_value_arg
 
 log = logging.getLogger(__name__)
 
 NO_CHANGE = "no significant change"
-_STORE_VARS = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLOPS_MLFLOW_ARTIFACT_ROOT")
 
 
 class CiError(RuntimeError):
@@ -120,18 +122,12 @@ def scratch_store(root: Path):
     """
     import mlflow
 
-    saved = {k: os.environ.get(k) for k in _STORE_VARS}
     db = f"sqlite:///{root / 'mlflow.db'}"
-    os.environ.update({"MLFLOW_TRACKING_URI": db, "MLFLOW_REGISTRY_URI": db,
-                       "MLOPS_MLFLOW_ARTIFACT_ROOT": (root / "artifacts").as_uri()})
     try:
-        yield
+        with mock.patch.dict(os.environ, {"MLFLOW_TRACKING_URI": db, "MLFLOW_REGISTRY_URI": db,
+                                          "MLOPS_MLFLOW_ARTIFACT_ROOT": (root / "artifacts").as_uri()}):
+            yield
     finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
         from include.config import settings
 
         mlflow.set_tracking_uri(settings().mlflow_tracking_uri)
@@ -512,16 +508,6 @@ def render(r: CheckResult) -> str:
 # -------------------------------------------------------------------------------------------- cli
 
 
-def _param(text: str) -> tuple[str, Any]:
-    key, sep, value = text.partition("=")
-    if not sep:
-        raise argparse.ArgumentTypeError(f"--param needs key=value, got {text!r}")
-    try:
-        return key, json.loads(value)
-    except json.JSONDecodeError:
-        return key, value
-
-
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="mlops-ci", description="Model CI: train this working tree's pipeline on the "
                                  "champion's data and gate it against the champion.")
@@ -532,7 +518,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reproduce", action="store_true",
                    help="also check that retraining the champion's recipe reproduces its recorded metrics exactly")
     p.add_argument("--family", default=None, help="model family instead of the champion's (simulates a code change)")
-    p.add_argument("--param", action="append", type=_param, default=[], metavar="KEY=VALUE",
+    p.add_argument("--param", action="append", type=key_value_arg, default=[], metavar="KEY=VALUE",
                    help="hyperparameter on top of the champion's (repeatable), e.g. --param max_iter=300")
     p.add_argument("--allow-neutral", action="store_true",
                    help="pass a change that is neither significantly better nor worse (default: the gate's rule)")
