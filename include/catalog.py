@@ -48,10 +48,14 @@ def model_for(dataset: str) -> str:
 
 
 def dataset_for_model(model: str) -> str:
-    """The dataset whose spec owns ``model``; a clear error when no spec does."""
-    from include.spec import SpecError
+    """The dataset whose spec owns ``model``; a clear error when no spec does.
 
-    owners = model_names()
+    Called at run time, so it parses the specs (the one-line reading of :func:`model_names` is
+    for parse-time form choices only).
+    """
+    from include.spec import SpecError, load_spec
+
+    owners = {load_spec(d).model_name: d for d in dataset_names()}
     if model not in owners:
         raise SpecError(f"no dataset spec names the registered model {model!r}; known models: {sorted(owners)}")
     return owners[model]

@@ -19,7 +19,8 @@ from include.assets import DATASET, asset_extras, newest_per
 
 
 def requested(params: dict, triggering_asset_events: Any = None) -> list[dict]:
-    """[{dataset, data_rev, rev_source}] to train, before any data-repo lookup.
+    """[{dataset, data_rev, rev_source[, optional]}] to train, before any data-repo lookup; an
+    ``optional`` dataset without data is skipped instead of failing the run.
 
     ``params`` already hold the run's conf (Airflow merges conf over the Params' defaults).
     """
@@ -32,8 +33,8 @@ def requested(params: dict, triggering_asset_events: Any = None) -> list[dict]:
         return [{"dataset": e["dataset"], "data_rev": e["dvc_rev"], "rev_source": "asset event"} for e in events]
     if dataset is None and rev == "latest":
         # a manual run with the form's defaults: every dataset that has data, each at its newest rev
-        return [{"dataset": d, "data_rev": "latest", "rev_source": "every dataset (no dataset named)"}
-                for d in dataset_names()]
+        return [{"dataset": d, "data_rev": "latest", "rev_source": "every dataset (no dataset named)",
+                 "optional": True} for d in dataset_names()]
     if dataset is None:
         dataset = single_dataset_or_fail("train with an explicit data_rev")
     if rev == "latest":
@@ -55,7 +56,7 @@ def resolve(params: dict, triggering_asset_events: Any = None) -> list[dict]:
         try:
             lineage = repo.lineage(want["dataset"], want["data_rev"])
         except RevisionNotFound:
-            if not want["rev_source"].startswith("every dataset"):
+            if not want.get("optional"):
                 raise
             empty.append(want["dataset"])  # "every dataset" means every dataset that has data
             continue
