@@ -520,25 +520,35 @@ def _recipe_keys(mv, spec, run) -> tuple[frozenset[str] | None, str]:
     return keys, f"rebuilt from its recipe ({recipe}), reproduces its recorded holdout"
 
 
-def training_keys(mv, spec, label: str, *, c=None) -> TrainedKeys:
-    """What ``mv`` trained on: its run's keys artifact, else its rebuilt split recipe, else unknown."""
+def download_run_artifact(run_id: str, path: str, dst: str):
+    """(local path, None), or (None, the error) when the run has no such artifact.
+
+    An unreachable store raises (the task retries); only "not there" is an answer.
+    """
     import mlflow
-    import pandas as pd
     from mlflow.exceptions import MlflowException
 
-    from include.tracking import client, is_unreachable, with_retry
+    from include.tracking import is_unreachable, with_retry
+
+    try:
+        return with_retry(mlflow.artifacts.download_artifacts, run_id=run_id, artifact_path=path, dst_path=dst), None
+    except (MlflowException, OSError) as err:
+        if is_unreachable(err):
+            raise
+        return None, err
+
+
+def training_keys(mv, spec, label: str, *, c=None) -> TrainedKeys:
+    """What ``mv`` trained on: its run's keys artifact, else its rebuilt split recipe, else unknown."""
+    import pandas as pd
+
+    from include.tracking import client, with_retry
     from include.training import TRAINING_KEYS_ARTIFACT
 
     c = c or client()
     version = str(mv.version)
     with tempfile.TemporaryDirectory(prefix="gate-keys-") as tmp:
-        try:
-            local = with_retry(mlflow.artifacts.download_artifacts, run_id=mv.run_id,
-                               artifact_path=TRAINING_KEYS_ARTIFACT, dst_path=tmp)
-        except (MlflowException, OSError) as err:
-            if is_unreachable(err):
-                raise
-            local = None
+        local, _ = download_run_artifact(mv.run_id, TRAINING_KEYS_ARTIFACT, tmp)
         if local is not None:
             keys = pd.read_parquet(local)[spec.key].astype(str)
             return TrainedKeys(label, version, frozenset(keys), "artifact", f"runs:/{mv.run_id}/{TRAINING_KEYS_ARTIFACT}")
@@ -712,7 +722,6 @@ def evaluate_and_decide(model_name: str, version: str | int, *, dataset: str, tr
     alias change), unless a different ``override`` is given, or ``allow_stale_data`` is given for
     a version recorded as stale. Returns ``{model, version, run_id, decision, reasons, record_uri, reused}``.
     """
-    import mlflow
     import pandas as pd
     from mlflow.exceptions import MlflowException
 
@@ -751,14 +760,8 @@ def evaluate_and_decide(model_name: str, version: str | int, *, dataset: str, tr
 
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="gate-") as tmp:
-        try:
-            local = with_retry(mlflow.artifacts.download_artifacts, run_id=mv.run_id,
-                               artifact_path=HOLDOUT_ARTIFACT, dst_path=tmp)
-        except (MlflowException, OSError) as err:
-            from include.tracking import is_unreachable
-
-            if is_unreachable(err):
-                raise
+        local, err = download_run_artifact(mv.run_id, HOLDOUT_ARTIFACT, tmp)
+        if local is None:
             raise ValueError(f"{model_name} v{version} (run {mv.run_id}) has no {HOLDOUT_ARTIFACT}: only versions "
                              f"trained by include.training.train_and_register can be gated ({err})") from err
         holdout = pd.read_parquet(local)
