@@ -64,7 +64,7 @@ def ingest():
         batches = [{"dataset": d, "ref": ref} for d in datasets for ref in list_landed(d, params["batch_glob"])]
         stray = stray_landed(known)
         if stray:
-            print(f"WARNING: {len(stray)} file(s) in the landing zone belong to no dataset and are not ingested "
+            print(f"WARNING: {len(stray)} file(s)/folder(s) at the landing root belong to no dataset, not ingested "
                   f"(put them under <landing>/<dataset>/): {stray[:10]}")
         print(f"{len(batches)} batch(es) waiting: {[b['dataset'] + ': ' + b['ref'] for b in batches]}")
         return batches
