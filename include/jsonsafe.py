@@ -1,0 +1,41 @@
+"""One JSON sanitizer for the records the stages write (drift decisions, validation reports).
+
+Standard library only: numpy and pandas values are recognised by duck typing (``.item()``) or,
+for pandas' missing-value markers, through pandas only when pandas is already imported (a value
+cannot be a pandas object otherwise), so importing this costs nothing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def json_safe(x: Any) -> Any:
+    """Plain JSON types only: numpy scalars -> Python, NaN/inf/NA/NaT -> None, datetimes -> ISO text,
+    sets/tuples -> lists, paths and anything else -> ``str``."""
+    if isinstance(x, dict):
+        return {str(k): json_safe(v) for k, v in x.items()}
+    if isinstance(x, list | tuple | set | frozenset):
+        return [json_safe(v) for v in x]
+    if x is None or isinstance(x, bool | str | int):
+        return x
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dt.date):  # also pandas Timestamps; NaT is the one not equal to itself
+        return x.isoformat() if x == x else None
+    if isinstance(x, Path):
+        return str(x)
+    if hasattr(x, "item") and not isinstance(x, bytes):  # numpy scalars (np.bool_ included)
+        return json_safe(x.item())
+    pd = sys.modules.get("pandas")
+    if pd is not None:
+        try:
+            if pd.isna(x):
+                return None
+        except (TypeError, ValueError):
+            pass
+    return str(x)
