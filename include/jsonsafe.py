@@ -29,6 +29,8 @@ def json_safe(x: Any) -> Any:
         return x.isoformat() if x == x else None
     if isinstance(x, Path):
         return str(x)
+    if getattr(getattr(x, "dtype", None), "kind", None) in ("m", "M"):  # numpy datetime64/timedelta64
+        return str(x) if x == x else None  # .item() would give nanoseconds as an int
     if hasattr(x, "item") and not isinstance(x, bytes):  # numpy scalars (np.bool_ included)
         return json_safe(x.item())
     pd = sys.modules.get("pandas")

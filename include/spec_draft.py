@@ -185,7 +185,7 @@ def _parses_as_number(x: str) -> bool:
 
 def _iso_datetimes(s: pd.Series) -> pd.Series:
     # the reader's own parser, so "datetime" here means exactly "ingest will parse it"
-    from include.validation import _datetimes
+    from include.validation.reader import _datetimes
 
     return _datetimes(s)
 

@@ -122,7 +122,7 @@ def test_excel_style_bom_and_crlf_are_fine(landing, spec, good):
 def test_chunked_read_equals_single_read(landing, spec, good, monkeypatch):
     path = write_batch(good, landing / "day-003.csv")
     whole = read_batch(path, spec)
-    monkeypatch.setattr(v, "CHUNK_ROWS", 64)
+    monkeypatch.setattr(v.reader, "CHUNK_ROWS", 64)
     chunked = read_batch(path, spec)
     pd.testing.assert_frame_equal(whole, chunked)
 
@@ -212,7 +212,7 @@ def test_wrong_dtype(landing, spec, good, column, value, words):
 
 
 def test_wrong_dtype_found_in_a_later_chunk(landing, spec, good, monkeypatch):
-    monkeypatch.setattr(v, "CHUNK_ROWS", 100)
+    monkeypatch.setattr(v.reader, "CHUNK_ROWS", 100)
     good = good.astype({"cart_items": object})
     good.loc[N - 3, "cart_items"] = "lots"
     path = write_batch(good, landing / "late.csv")
@@ -286,7 +286,7 @@ def test_gzip_bomb_is_stopped_while_decompressing(landing, spec, good):
 
 
 def test_too_many_rows_stops_streaming(landing, spec, good, monkeypatch):
-    monkeypatch.setattr(v, "CHUNK_ROWS", 100)
+    monkeypatch.setattr(v.reader, "CHUNK_ROWS", 100)
     path = write_batch(good, landing / "rows.csv")
     err = _rejected(path, spec, "too_large", "more than 250 rows", max_rows=250)
     assert err.details["rows_read"] == 300  # stopped after the third chunk, not at the end
