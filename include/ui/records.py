@@ -321,10 +321,13 @@ def timeline(dataset: str | None = None, limit: int = TIMELINE_LIMIT) -> dict:
                   "rollback": f"rolled back: {rec.get('reason')}; serving "
                               f"{'v' + str(rec['serving']) if rec.get('serving') else 'nothing'}"}
                  .get(kind, json.dumps({k: v for k, v in rec.items() if k not in ('time', 'model', 'version')})[:300])))
-        if trig.get("user"):
-            what += f" by {trig['user']}"
+        # the deploy DAG records who triggered it (dag_run.triggering_user_name) as trigger.user; a
+        # rollback may name its author as "by" instead
+        user = trig.get("user") or rec.get("by")
+        if user:
+            what += f" by {user}"
         events.append({"at": rec.get("time"), "kind": kind, "dataset": rec.get("dataset") or model_ds.get(rec.get("model")),
-                       "summary": what, "detail": {"version": rec.get("version"), "trigger": trig}})
+                       "summary": what, "detail": {"version": rec.get("version"), "trigger": trig, "by": user}})
     for e in read_jsonl(s.reports_dir / "drift" / "triggers.jsonl"):
         summ = e.get("summary") or {}
         events.append({"at": e.get("at"), "kind": "drift_check", "dataset": e.get("dataset"),
