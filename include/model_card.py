@@ -7,7 +7,7 @@
 The card reads the gate's decision record (decision, reasons, checks with the bootstrap interval,
 holdout, trigger), the training run (metrics overall and per slice, split sizes), the version's
 lineage tags, the dataset spec (task, features and their allowed values) and the data repo (rows,
-validation ids of the revision). It computes nothing new. It is logged to the challenger's run as
+validation ids and the timestamp column's min/max of the revision's rows). It scores nothing. It is logged to the challenger's run as
 ``model_card/model_card.md`` and ``model_card/model_card.html`` and its URI tagged on the version
 (``model_card``), where the Airflow UI page (plugins/mlops_plugin.py) shows it.
 """
@@ -73,6 +73,7 @@ def build_card(record: dict, spec, run_metrics: dict, run_params: dict, version_
             "validation_id": version_tags.get("validation_id"),
             "validation_ids": data.get("validation_ids"),
             "time_column": spec.timestamp,
+            "time_range": data.get("time_range"),
         },
         "features": features,
         "metrics": {"overall_test": overall, "per_slice_test": per_slice,
@@ -88,6 +89,29 @@ def build_card(record: dict, spec, run_metrics: dict, run_params: dict, version_
     }
 
 
+def _time_range(td: dict) -> str:
+    if not td.get("time_column"):
+        return "none (the spec has no timestamp column)"
+    tr = td.get("time_range")
+    if not tr:
+        return f"n/a (`{td['time_column']}` of the data rev could not be read)"
+    return f"`{td['time_column']}` from {tr['min']} to {tr['max']}"
+
+
+def data_time_range(dataset: str, rev: str, spec, window_days: float = 0) -> dict | None:
+    """min/max of the spec's timestamp over the rows training selected at ``rev`` (None: no timestamp)."""
+    import pandas as pd
+
+    from include.training import select_window
+    from include.versioning import DataRepo
+
+    if not spec.timestamp:
+        return None
+    df = select_window(DataRepo().load(dataset, rev, spec), spec, window_days)
+    ts = pd.to_datetime(df[spec.timestamp], utc=True)
+    return {"min": ts.min().isoformat(), "max": ts.max().isoformat()}
+
+
 def render_markdown(card: dict) -> str:
     td, g = card["training_data"], card["gate"]
     lines = [f"# Model card: {card['model']} v{card['version']}", "",
@@ -97,7 +121,8 @@ def render_markdown(card: dict) -> str:
              "## Training data", "",
              f"- dataset: {td['dataset']} @ data rev `{td['data_rev']}` (md5 `{td['data_md5']}`)",
              f"- rows: {td['rows'] if td['rows'] is not None else 'n/a'}; split: {json.dumps(td['split'])}",
-             f"- validation ids: {', '.join(td['validation_ids'] or [td['validation_id'] or 'n/a'])}", "",
+             f"- validation ids: {', '.join(td['validation_ids'] or [td['validation_id'] or 'n/a'])}",
+             f"- time range: {_time_range(td)}", "",
              "## Features", "", "| feature | dtype | nullable | allowed |", "|---|---|---|---|"]
     lines += [f"| {f['name']} | {f['dtype']} | {f['nullable']} | {f['allowed'] if f['allowed'] else ''} |"
               for f in card["features"]]
@@ -177,8 +202,14 @@ def log_model_card(record: dict, c) -> str | None:
             data = DataRepo().lineage(record["dataset"], tags.get("data_rev"))
         except Exception as err:  # noqa: BLE001 - the card says n/a rather than fail
             log.warning("model card: no data repo lineage for %s: %s", record["dataset"], err)
-        card = build_card(record, load_spec(record["dataset"]), dict(run.data.metrics), dict(run.data.params),
-                          tags, data)
+        spec = load_spec(record["dataset"])
+        try:
+            # training logs no time range: it is read back from the rows of the recorded data rev
+            data["time_range"] = data_time_range(record["dataset"], tags.get("data_rev"), spec,
+                                                 float(tags.get("selection_window_days") or 0))
+        except Exception as err:  # noqa: BLE001 - as above
+            log.warning("model card: no time range of %s at %s: %s", record["dataset"], tags.get("data_rev"), err)
+        card = build_card(record, spec, dict(run.data.metrics), dict(run.data.params), tags, data)
     except Exception:  # noqa: BLE001 - see the docstring
         log.exception("model card of %s v%s not built", record.get("model"), record.get("version"))
         return None
