@@ -1,4 +1,5 @@
-"""Model serving: the FastAPI app (:mod:`include.serving.app`), its prediction log
+"""Model serving: the FastAPI app (:mod:`include.serving.app`, assembled from ``schema``, ``metrics``,
+``batcher``, ``routes`` and ``protocols``), its prediction log
 (:mod:`include.serving.predlog`) and the image (``Dockerfile`` + ``requirements.txt`` here, built by
 ``tools/build_serving_image.sh``).
 

@@ -36,14 +36,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from include.serving.app import (
-    ModelServer,
-    RequestProblem,
-    _json,
-    _loc,
-    _validation_problem,
-    read_json_body,
-)
+from include.serving.batcher import ModelServer
+from include.serving.schema import RequestProblem, _json, _loc, _validation_problem, read_json_body
 from include.spec import Column
 
 OUTPUT = "predictions"

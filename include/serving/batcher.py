@@ -1,0 +1,371 @@
+"""Everything behind the routes: the loaded model version (hot-swappable), the micro-batcher that
+scores concurrent requests in one model call, the prediction log and the metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from fastapi import Request
+from pydantic import BaseModel
+
+from include.serving.metrics import ServingMetrics
+from include.serving.predlog import PredictionLog
+from include.serving.schema import RequestProblem, build_request_schema, golden_rows
+from include.spec import Column, DatasetSpec
+
+log = logging.getLogger(__name__)
+
+
+class LoadError(RuntimeError):
+    """A model version could not be loaded or failed its golden-sample check."""
+
+
+_thread_limits = threading.local()
+
+
+def _limit_native_threads(n: int) -> None:
+    """Limit OpenMP/BLAS threads for model calls made by the current thread (kept for its lifetime)."""
+    if getattr(_thread_limits, "n", None) == n:
+        return
+    from threadpoolctl import threadpool_limits
+
+    _thread_limits.limiter = threadpool_limits(limits=n)
+    _thread_limits.n = n
+    # scikit-learn's config is per thread: skip input re-validation in the scoring thread (the
+    # request schema already guarantees finite numbers); halves the cost of a small predict call.
+    import sklearn
+
+    sklearn.set_config(assume_finite=True, skip_parameter_validation=True)
+
+
+# ------------------------------------------------------------------------------------------ schema
+
+
+@dataclass(frozen=True)
+class ModelState:
+    """One loaded model version; swapped as a whole (a single attribute assignment)."""
+
+    name: str
+    version: str
+    model: Any
+    golden_scores: tuple[float, ...]
+    loaded_at: str
+    load_seconds: float
+
+
+@dataclass
+class _Job:
+    columns: dict[str, list]
+    n: int
+    future: asyncio.Future
+
+
+@dataclass
+class ServingConfig:
+    model_name: str
+    version: str
+    spec: DatasetSpec
+    predictions_dir: Path
+    admin_token: str | None = None
+    max_rows: int = 1000
+    max_body_bytes: int = 8 * 1024 * 1024
+    batch_rows: int = 64
+    batch_wait_ms: float = 2.0
+    log_flush_rows: int = 1000
+    log_flush_seconds: float = 5.0
+    model_threads: int = 1
+
+
+class ModelServer:
+    """Everything behind the routes: model state, micro-batcher, prediction log, metrics."""
+
+    def __init__(self, cfg: ServingConfig, *, model_loader: Callable[[str, str], Any] | None = None,
+                 scorer: Callable[[Any, pd.DataFrame, DatasetSpec], np.ndarray] | None = None):
+        self.cfg = cfg
+        self.spec = cfg.spec
+        self.schema = build_request_schema(cfg.spec, max_rows=cfg.max_rows)
+        self.json_schema = self.schema.payload.model_json_schema()  # GET /schema, built once
+        self.metrics = ServingMetrics()
+        self._loader = model_loader
+        self._scorer = scorer
+        self.state: ModelState | None = None
+        self.status = "starting"  # starting -> loading -> ready | failed; draining at shutdown
+        self.error: str | None = None
+        self.predlog = PredictionLog(
+            cfg.predictions_dir, cfg.model_name, cfg.spec, flush_rows=cfg.log_flush_rows,
+            flush_seconds=cfg.log_flush_seconds, on_write=lambda n, _s: self.metrics.log_rows.inc(n))
+        # One scoring thread, and one BLAS/OpenMP thread inside it: HistGradientBoosting's OpenMP
+        # predict on a few rows is 30x slower with 2 spinning threads than with 1 (measured here).
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="score",
+                                            initializer=_limit_native_threads, initargs=(cfg.model_threads,))
+        self._queue: asyncio.Queue[_Job | None] | None = None
+        self._enqueued: asyncio.Event | None = None
+        self._in_flight = 0
+        self._peak_cur = self._peak_prev = 0
+        self._peak_t0 = 0.0
+        self._worker: asyncio.Task | None = None
+        self._reload_lock: asyncio.Lock | None = None
+        self._frame_columns = self._model_columns()
+        self._golden = self.schema.columns_of([self.schema.row.model_validate(r) for r in golden_rows(cfg.spec)])
+
+    # -- model loading ----------------------------------------------------------------------------
+
+    def _model_columns(self) -> list[Column]:
+        # the pipeline reads numeric and categorical features (include.training.model_input_columns)
+        return [c for c in self.spec.feature_columns if c.dtype != "datetime"]
+
+    def _load(self, version: str) -> ModelState:
+        """Load ``models:/name/version`` and score the golden sample with it (blocking)."""
+        t0 = time.perf_counter()
+        if self._loader is None or self._scorer is None:
+            from include.training import load_model, predict_scores
+
+            self._loader = self._loader or load_model
+            self._scorer = self._scorer or predict_scores
+        try:
+            model = self._loader(self.cfg.model_name, version)
+        except Exception as err:
+            raise LoadError(f"could not load models:/{self.cfg.model_name}/{version}: "
+                            f"{type(err).__name__}: {err}") from err
+        try:
+            _limit_native_threads(self.cfg.model_threads)
+            scores = self._score(model, self._golden)
+        except Exception as err:
+            raise LoadError(f"models:/{self.cfg.model_name}/{version} failed to score the golden sample built "
+                            f"from spec {self.spec.name!r}: {type(err).__name__}: {err}") from err
+        n = len(next(iter(self._golden.values())))
+        if scores.shape != (n,) or not np.all(np.isfinite(scores)):
+            raise LoadError(f"models:/{self.cfg.model_name}/{version} gave {scores!r} for the {n} golden rows")
+        if self.spec.task == "classification" and not np.all((scores >= 0) & (scores <= 1)):
+            raise LoadError(f"models:/{self.cfg.model_name}/{version} gave probabilities outside [0, 1]")
+        return ModelState(
+            name=self.cfg.model_name, version=str(version), model=model,
+            golden_scores=tuple(float(s) for s in scores),
+            loaded_at=datetime.now(UTC).isoformat(timespec="seconds"),
+            load_seconds=round(time.perf_counter() - t0, 3),
+        )
+
+    def _frame(self, columns: dict[str, list]) -> pd.DataFrame:
+        data = {}
+        for col in self._frame_columns:
+            values = columns[col.name]
+            if col.dtype == "int":
+                data[col.name] = (np.array(values, dtype=np.int64) if None not in values
+                                  else np.array(values, dtype=np.float64))
+            elif col.dtype == "float":
+                data[col.name] = np.array(values, dtype=np.float64)
+            else:  # missing categories are NaN, as in frames read from CSV/Parquet
+                data[col.name] = np.array([np.nan if v is None else v for v in values], dtype=object)
+        return pd.DataFrame(data, copy=False)
+
+    def _score(self, model: Any, columns: dict[str, list]) -> np.ndarray:
+        return np.asarray(self._scorer(model, self._frame(columns), self.spec), dtype=np.float64)
+
+    async def _initial_load(self) -> None:
+        self.status = "loading"
+        loop = asyncio.get_running_loop()
+        try:
+            state = await loop.run_in_executor(None, self._load, self.cfg.version)
+        except Exception as err:
+            self.status, self.error = "failed", str(err)
+            log.error("model server not ready: %s", err)
+            return
+        self._set_state(state)
+        self.status = "ready"
+        self.metrics.ready.set(1)
+        log.info("serving %s v%s (loaded in %.2fs)", state.name, state.version, state.load_seconds)
+
+    def _set_state(self, state: ModelState) -> None:
+        old, self.state = self.state, state
+        if old is not None:
+            self.metrics.model_info.remove(old.name, old.version)
+        self.metrics.model_info.labels(state.name, state.version).set(1)
+
+    async def reload(self, version: str) -> tuple[str | None, ModelState, bool]:
+        """Hot swap: load + golden check off the event loop, then one assignment. Old keeps serving on error."""
+        assert self._reload_lock is not None
+        async with self._reload_lock:
+            previous = self.state.version if self.state else None
+            if self.state is not None and self.state.version == version:
+                return previous, self.state, False
+            state = await asyncio.get_running_loop().run_in_executor(None, self._load, version)
+            self._set_state(state)
+            if self.status != "draining":
+                self.status, self.error = "ready", None
+                self.metrics.ready.set(1)
+            return previous, state, True
+
+    # -- micro-batching ---------------------------------------------------------------------------
+
+    async def predict(self, columns: dict[str, list], n: int) -> tuple[str, np.ndarray]:
+        assert self._queue is not None
+        fut = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Job(columns, n, fut))
+        self._enqueued.set()
+        return await fut
+
+    def in_flight(self, delta: int) -> None:
+        """Count predict requests in their handlers; remember the peak of the last 1-2 s.
+
+        The peak is the batcher's estimate of how many requests can come together: it waits (at
+        most ``batch_wait_ms``) for that many before calling the model. A lone client never waits.
+        """
+        self._in_flight += delta
+        if delta > 0:
+            now = time.monotonic()
+            if now - self._peak_t0 > 1.0:
+                self._peak_prev, self._peak_cur, self._peak_t0 = self._peak_cur, 0, now
+            if self._in_flight > self._peak_cur:
+                self._peak_cur = self._in_flight
+
+    def _expected_requests(self) -> int:
+        return max(self._peak_cur, self._peak_prev)
+
+    async def _batch_worker(self) -> None:
+        assert self._queue is not None and self._enqueued is not None
+        loop = asyncio.get_running_loop()
+        max_rows, max_wait = self.cfg.batch_rows, self.cfg.batch_wait_ms / 1000.0
+        stop = False
+        while not stop:
+            job = await self._queue.get()
+            if job is None:
+                break
+            jobs, n = [job], job.n
+            deadline = loop.time() + max_wait
+            while n < max_rows:
+                try:
+                    nxt = self._queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    remaining = deadline - loop.time()
+                    if len(jobs) >= self._expected_requests() or remaining <= 0:
+                        break
+                    self._enqueued.clear()
+                    try:
+                        await asyncio.wait_for(self._enqueued.wait(), remaining)
+                    except TimeoutError:
+                        break
+                    continue
+                if nxt is None:
+                    stop = True
+                    break
+                jobs.append(nxt)
+                n += nxt.n
+            try:
+                await self._run_batch(jobs, n)
+            except Exception as err:  # never leave a request waiting, never let the worker die
+                log.exception("batch of %d requests failed", len(jobs))
+                for j in jobs:
+                    if not j.future.done():
+                        j.future.set_exception(err)
+
+    async def _run_batch(self, jobs: list[_Job], n: int) -> None:
+        state = self.state
+        loop = asyncio.get_running_loop()
+        if state is None:
+            for j in jobs:
+                if not j.future.done():
+                    j.future.set_exception(LoadError("no model loaded"))
+            return
+        if len(jobs) == 1:
+            merged = jobs[0].columns
+        else:
+            merged = {c: list(itertools.chain.from_iterable(j.columns[c] for j in jobs)) for c in jobs[0].columns}
+        t0 = time.perf_counter()
+        try:
+            scores = await loop.run_in_executor(self._executor, self._score, state.model, merged)
+        except Exception as err:
+            if len(jobs) > 1:  # one bad request must not fail its neighbours: score them one by one
+                for j in jobs:
+                    await self._run_batch([j], j.n)
+                return
+            if not jobs[0].future.done():
+                jobs[0].future.set_exception(err)
+            return
+        self.metrics.predict_seconds.observe(time.perf_counter() - t0)
+        self.metrics.batch_rows.observe(n)
+        self.metrics.batch_requests.observe(len(jobs))
+        self.metrics.rows.labels(state.version).inc(n)
+        off = 0
+        for j in jobs:
+            if not j.future.done():
+                j.future.set_result((state.version, scores[off:off + j.n]))
+            off += j.n
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._queue = asyncio.Queue()
+        self._enqueued = asyncio.Event()
+        self._reload_lock = asyncio.Lock()
+        self.predlog.start()
+        self._worker = asyncio.create_task(self._batch_worker(), name="batch-worker")
+        self._loader_task = asyncio.create_task(self._initial_load(), name="model-load")
+
+    async def stop(self) -> None:
+        self.status = "draining"
+        self.metrics.ready.set(0)
+        if self._queue is not None and self._worker is not None:
+            await self._queue.put(None)
+            try:
+                await asyncio.wait_for(self._worker, 30)
+            except (TimeoutError, asyncio.CancelledError):
+                self._worker.cancel()
+        await asyncio.get_running_loop().run_in_executor(None, self.predlog.close)
+        self._executor.shutdown(wait=False)
+
+    def worker_alive(self) -> bool:
+        return self._worker is not None and not self._worker.done()
+
+    @contextmanager
+    def handling(self):
+        """Count a scoring request in its handler (the batcher's estimate of what comes together)."""
+        self.in_flight(+1)
+        self.metrics.in_flight.inc()
+        try:
+            yield
+        finally:
+            self.in_flight(-1)
+            self.metrics.in_flight.dec()
+
+    async def score_rows(self, request: Request, rows: list[BaseModel]) -> tuple[str, list[float]]:
+        """Score validated rows through the micro-batcher and log them: the one path of every protocol.
+
+        Names the version that scored them on the response (``X-Model-Version``); raises
+        :class:`RequestProblem` (503 not ready, 500 model failure).
+        """
+        if self.state is None:
+            raise RequestProblem(503, "not_ready",
+                                 f"model not loaded yet ({self.status}{': ' + self.error if self.error else ''})",
+                                 headers={"Retry-After": "1"})
+        columns = self.schema.columns_of(rows)
+        received = datetime.now(UTC)
+        try:
+            version, scores = await self.predict(columns, len(rows))
+        except LoadError as err:
+            raise RequestProblem(503, "not_ready", str(err), headers={"Retry-After": "1"}) from err
+        except Exception as err:  # the model itself failed on valid input: a server-side error
+            log.exception("model call failed for request %s", request.scope["state"]["request_id"])
+            raise RequestProblem(500, "model_error",
+                                 f"the model failed on this input ({type(err).__name__})") from err
+        request.scope["state"]["model_version"] = version
+        preds = scores.tolist()
+        self.predlog.append(request.scope["state"]["request_id"], received, version, preds, columns)
+        return version, preds
+
+    @property
+    def model_version(self) -> str:
+        return self.state.version if self.state else self.cfg.version
