@@ -40,7 +40,8 @@ BIN = Path(sys.executable).parent
 AIRFLOW_SERVICES = {"airflow-apiserver", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer",
                     "airflow-worker"}
 ONE_SHOT = {"preflight", "airflow-init", "mlflow-db-init", "minio-init", "retrain"}
-EXPECTED_SERVICES = AIRFLOW_SERVICES | ONE_SHOT | {"postgres", "redis", "mlflow", "minio", "edge", "prometheus"}
+EXPECTED_SERVICES = AIRFLOW_SERVICES | ONE_SHOT | {"postgres", "redis", "mlflow", "minio", "edge", "prometheus",
+                                                 "pushgateway"}
 VALID_CONDITIONS = {"service_started", "service_healthy", "service_completed_successfully"}
 
 # Variables include/config.py reads that compose leaves to the embedded default on purpose.
@@ -709,6 +710,27 @@ def test_prometheus_scrapes_the_edge_metrics(services, resolved):
     jobs = [j for j in config["scrape_configs"]
             if any(target in sc.get("targets", []) for sc in j.get("static_configs", []))]
     assert jobs and jobs[0].get("metrics_path", "/metrics") == "/metrics"
+
+
+def test_prometheus_loads_the_alerts_and_scrapes_pushgateway_and_model_servers(services, resolved):
+    """Paths in deploy/prometheus.yml are relative to it: each must be mounted next to it."""
+    mounts = dict((t, s) for s, t in volume_mounts(services["prometheus"]))
+    config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
+    for rule_file in config["rule_files"]:
+        assert (ROOT / mounts[f"/etc/prometheus/{rule_file}"]).resolve() == PROMETHEUS_CONFIG.parent / rule_file
+    jobs = {j["job_name"]: j for j in config["scrape_configs"]}
+    gateway = environment(resolved["airflow-worker"])["MLOPS_PUSHGATEWAY_URL"]
+    assert jobs["pushgateway"]["static_configs"][0]["targets"] == [urlsplit(gateway).netloc]
+    assert jobs["pushgateway"]["honor_labels"] is True, "the pushed job/dataset/model labels must survive"
+    # the deploy task writes MLOPS_PROMETHEUS_TARGETS; Prometheus reads it through its targets mount
+    targets_file = Path(environment(resolved["airflow-worker"])["MLOPS_PROMETHEUS_TARGETS"])
+    pattern = jobs["mlops-serving"]["file_sd_configs"][0]["files"][0]
+    resolved_mounts = dict((t, s) for s, t in volume_mounts(resolved["prometheus"]))
+    assert resolved_mounts[f"/etc/prometheus/{Path(pattern).parent}"] == str(targets_file.parent)
+    assert targets_file.match(Path(pattern).name)
+    init = " ".join(argv(services["airflow-init"]["command"]))
+    assert '"$${MLOPS_STATE_DIR}/prometheus"' in init, "airflow-init must create the targets dir for the worker"
+    assert depends_on(services["prometheus"]).get("airflow-init") == "service_completed_successfully"
 
 
 def test_relative_bind_mounts_exist(services):
