@@ -448,6 +448,9 @@ def audit(event: dict, s: Settings | None = None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as fh:
         fh.write(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **event}) + "\n")
+    from include.metrics_push import deploy_event
+
+    deploy_event(event)  # deployed / rolled_back, for the alerts and the dashboard
 
 
 def promote(model: str, version: str, switched: dict, *, trigger: dict, drain_s: float = 2.0) -> dict:

@@ -93,6 +93,9 @@ def _write_state(s: Settings, state: dict) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps({"models": state["models"], "events": state["events"][-200:]}, indent=2))
     tmp.replace(path)
+    from include.metrics_push import write_serving_targets
+
+    write_serving_targets(state)  # Prometheus scrapes the model servers the edge routes to
 
 
 @contextmanager

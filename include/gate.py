@@ -855,11 +855,13 @@ def evaluate_and_decide(model_name: str, version: str | int, *, dataset: str, tr
         (d / "decision.md").write_text(render_markdown(record))
         with_retry(c.log_artifact, mv.run_id, str(d / "decision.json"), "gate")
         with_retry(c.log_artifact, mv.run_id, str(d / "decision.md"), "gate")
+    from include.metrics_push import gate_outcome
     from include.model_card import log_model_card  # the version's model card (md + html) on its run
 
     log_model_card(record, c)
     audit = settings().reports_dir / "audit.jsonl"
     append_audit(record, audit)
+    gate_outcome(record)
     if decision == "passed":
         with_retry(c.set_registered_model_alias, model_name, CHALLENGER, version)
     elif override is not None and CHALLENGER in (mv.aliases or []):

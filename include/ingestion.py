@@ -149,6 +149,7 @@ def validate_landed(batch_ref: str, dataset: str, s: Settings | None = None) -> 
 
     Returns a small dict for XCom: {batch, path, md5, validation_id, rows}.
     """
+    from include.metrics_push import quarantine_outcome
     from include.spec import load_spec
     from include.validation import BatchRejected, check_batch, quarantine, save_validation
 
@@ -172,6 +173,7 @@ def validate_landed(batch_ref: str, dataset: str, s: Settings | None = None) -> 
         else:
             where = quarantine(Path(batch_ref), err, s.quarantine_dir)
         log.error("batch %s rejected (%s); quarantined at %s", batch_ref, err.kind, where)
+        quarantine_outcome(dataset, err.kind)
         err.quarantine_path = str(where)
         raise
     save_validation(report, s.reports_dir)

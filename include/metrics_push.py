@@ -173,6 +173,16 @@ def deploy_outcome(model: str, version, outcome: str, dataset: str | None = None
     return push("mlops_deploy", {"dataset": dataset or _dataset_of(model), "model": model}, samples)
 
 
+def deploy_event(event: dict) -> bool:
+    """An audit line of include.deployment; ``deployed`` and ``rolled_back`` are outcomes, the rest not.
+    A rollback names the version it took out (``from`` for a manual rollback to an older version)."""
+    kind = (event or {}).get("event")
+    if kind not in ("deployed", "rolled_back"):
+        return False
+    version = event.get("from") or event.get("version") if kind == "rolled_back" else event.get("version")
+    return deploy_outcome(event.get("model"), version, kind, event.get("dataset"))
+
+
 @_safe
 def quarantine_outcome(dataset: str, kind: str, rows: int | None = None) -> bool:
     """A batch of ``dataset`` rejected by validation (``kind``: BatchRejected.kind) and quarantined."""

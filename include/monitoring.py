@@ -28,6 +28,7 @@ def check_champion(dataset: str, *, window_hours: float, run_key: str, now: dt.d
     """Drift check of ``dataset``'s champion; the summary's ``train_conf`` (if any) names the dataset."""
     from include.config import settings
     from include.drift import reference_for_model, run_drift_check
+    from include.metrics_push import drift_outcome
     from include.serving.predlog import read_predictions
     from include.spec import load_spec
     from include.tracking import alias_version, client, configure_mlflow, with_retry
@@ -62,6 +63,7 @@ def check_champion(dataset: str, *, window_hours: float, run_key: str, now: dt.d
     if summary.get("train_conf"):
         # the retrain must train THIS dataset, whatever else exists
         summary["train_conf"] = {**summary["train_conf"], "dataset": dataset}
+    drift_outcome({**summary, "dataset": dataset}, features=[c.name for c in spec.feature_columns])
     return {**summary, "dataset": dataset}
 
 

@@ -13,6 +13,7 @@ import logging
 import os
 import shutil
 import subprocess
+from pathlib import Path
 
 import httpx
 import pytest
@@ -138,6 +139,28 @@ def test_serving_targets_follow_the_edge_routes(tmp_path, monkeypatch):
                                                                    "role": "canary"}}]
     monkeypatch.delenv(metrics_push.TARGETS_ENV)
     assert metrics_push.write_serving_targets({"models": {}}) is False
+
+
+def test_record_points_push_a_quarantine_and_write_the_targets(pushing, state, monkeypatch, tmp_path):
+    """The real call sites: ingest quarantining a bad batch, and the edge writing its routes."""
+    from include.edge import clear
+    from include.ingestion import validate_landed
+    from include.validation import BatchRejected
+
+    bad = Path(state.landing) / "sessions" / "bad.csv"
+    bad.parent.mkdir(parents=True, exist_ok=True)
+    bad.write_text("session_id,device\ns1,mobile\n")
+    with pytest.raises(BatchRejected):
+        validate_landed(str(bad), "sessions")
+    m = scraped(pushing)
+    kinds = [lab["kind"] for lab, v in m["mlops_validation_quarantine_kind"]
+             if lab["dataset"] == "sessions" and lab["model"] == "sessions_purchase" and v == 1]
+    assert len(kinds) == 1 and kinds[0] != "", m["mlops_validation_quarantine_kind"]
+
+    target = tmp_path / "targets.json"
+    monkeypatch.setenv(metrics_push.TARGETS_ENV, str(target))
+    clear(state)  # every route forgotten: Prometheus is told to scrape no model server
+    assert json.loads(target.read_text()) == []
 
 
 @pytest.mark.slow
