@@ -80,7 +80,7 @@ def monitor_drift():
     def retrain_requests(summaries: list[dict], run_id=None) -> list[dict]:
         # the run id names the dataset too: one trigger per (check, dataset), never two
         return [{"trigger_run_id": f"drift__{run_id}__{s['dataset']}", "conf": s["train_conf"]}
-                for s in summaries if s and s.get("train_conf")]
+                for s in summaries[:] if s and s.get("train_conf")]  # [:]: one XCom request, no miss logged
 
     TriggerDagRunOperator.partial(
         task_id="trigger_train",

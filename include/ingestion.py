@@ -172,7 +172,7 @@ def validate_landed(batch_ref: str, dataset: str, s: Settings | None = None) -> 
                 where = s.quarantine_dir
         else:
             where = quarantine(Path(batch_ref), err, s.quarantine_dir)
-        log.error("batch %s rejected (%s); quarantined at %s", batch_ref, err.kind, where)
+        log.error("%s; quarantined at %s", err, where)  # the message names the batch, kind and reason
         quarantine_outcome(dataset, err.kind)
         err.quarantine_path = str(where)
         raise

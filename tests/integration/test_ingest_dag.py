@@ -86,6 +86,7 @@ def test_bad_batch_is_quarantined_and_nothing_changes(airflow_db, state):
     assert str(dr.state) == "failed"
     states = _states(dr)
     assert states["validate[0]"] == "failed" and states["commit[-1]"] == "skipped", states
+    assert states["report[-1]"] == "upstream_failed", states  # the run fails through it, with no error of its own
     assert _commits(repo) == before_commits
     assert _remote_files(remote) == before_remote
     assert _asset_events(dr.run_id) == []
