@@ -1,7 +1,7 @@
 """`mlops-ci`: model CI. A code change is trained and gated against the champion before it merges.
 
-    mlops-ci check --dataset sessions [--report report.md] [--reproduce]
-                   [--family hgb] [--param max_iter=300] [--allow-neutral]
+    mlops-ci check --dataset sessions [--report report.md] [--reproduce [--repo DIR]]
+                   [--family hgb] [--param max_iter=300] [--allow-neutral] [--lock constraints.txt]
 
 From the working tree's code:
 
@@ -18,7 +18,13 @@ From the working tree's code:
    :func:`compare_checks`, :func:`decide`): minimums, secondary-metric and slice regressions,
    paired-bootstrap significance;
 4. print a Markdown report: metrics side by side, per-slice table, verdict and reasons, what
-   changed (code sha vs the champion's, dependency pins vs the champion's recorded requirements).
+   changed (code sha vs the champion's; the working tree's lock file vs the full lock the
+   champion's training run logged, ``environment/constraints.txt``).
+
+``--reproduce`` retrains the champion's OWN code: its ``code_sha`` checked out in a temporary
+``git worktree`` of this project's repository (``--repo``), run in a subprocess on the champion's
+rev and recipe into the throw-away store, and compares every metric the champion's run recorded
+with the retrain's: an exact match, or "non-determinism" with the metrics that differ and by how much.
 
 Exit status: 0 when the gate would pass the candidate, or when its scores are identical to the
 champion's ("no significant change"); 1 when the gate would reject it (or ``--reproduce`` finds
@@ -48,6 +54,8 @@ from typing import Any
 from unittest import mock
 
 from include.cli import key_value_arg
+
+LOCK_ARTIFACT = "environment/constraints.txt"  # include.training logs the lock it ran with here
 
 log = logging.getLogger(__name__)
 
@@ -248,7 +256,7 @@ class CheckResult:
 
 
 def check(dataset: str, *, family: str | None = None, params: dict | None = None, reproduce: bool = False,
-          allow_neutral: bool = False) -> CheckResult:
+          allow_neutral: bool = False, repo: Path | None = None, lock: Path | None = None) -> CheckResult:
     """Train the working tree's pipeline on the champion's recipe and gate it against the champion."""
     from mlflow.exceptions import MlflowException
 
@@ -293,6 +301,7 @@ def check(dataset: str, *, family: str | None = None, params: dict | None = None
     label_champ = f"champion v{champ_mv.version}"
     champ_keys = training_keys(champ_mv, spec, label_champ, c=c)
     champ_req = model_requirements(name, str(champ_mv.version))
+    champ_lock = run_lock(champ_mv.run_id)
     try:
         df = select_window(DataRepo().load(dataset, recipe.data_rev, spec), spec, recipe.window_days)
     except DataRepoError as err:
@@ -308,12 +317,11 @@ def check(dataset: str, *, family: str | None = None, params: dict | None = None
                 spec, "candidate")
             repro = None
             if reproduce:
-                same = cand_family == recipe.family and cand_params == recipe.params
-                repro_metrics = cand["metrics"] if same else _train(
-                    df, spec, recipe, family=recipe.family, params=recipe.params,
-                    run_key=f"model-ci/{run_tag}/reproduce")["metrics"]
-                repro = compare_metrics(dict(champ_run.data.metrics), repro_metrics)
-                repro["code_differs"] = recipe.code_sha != sha or _dirty()
+                again = train_at_commit(repo or _project_root(), recipe, spec, Path(tmp),
+                                        run_key=f"model-ci/{recipe.code_sha[:12]}/reproduce")
+                repro = compare_metrics(dict(champ_run.data.metrics), again)
+                repro["code_sha"] = recipe.code_sha
+                repro["champion_dirty"] = champ_run.data.tags.get("code_dirty") == "true"
         configure_mlflow()  # the real store again, for the snapshot below
 
         fresh, holdout = exclude_trained_rows(cand["holdout"], spec.key, [cand["keys"], champ_keys])
@@ -353,7 +361,8 @@ def check(dataset: str, *, family: str | None = None, params: dict | None = None
         candidate={"family": cand_family, "params": cand_params, "code_sha": sha, "dirty": _dirty()},
         verdict=verdict, gate_decision=decision, reasons=reasons, checks=checks, metrics=metrics, holdout=holdout,
         worse=worse, identical=identical, code=code_change(recipe.code_sha, sha),
-        deps=dependency_diff(champ_req, cand["requirements"]), reproduce=repro, policy_source=policy.source,
+        deps=dependency_diff(champ_req, cand["requirements"], champ_lock, lock), reproduce=repro,
+        policy_source=policy.source,
     )
 
 
@@ -365,10 +374,79 @@ def compare_metrics(recorded: dict[str, float], again: dict[str, float]) -> dict
     return {"ok": not differ, "n_compared": len(keys), "differ": differ}
 
 
-def _git(*args: str) -> subprocess.CompletedProcess:
+def _project_root() -> Path:
     from include.config import PROJECT_ROOT
 
-    return subprocess.run(["git", "-C", str(PROJECT_ROOT), *args], capture_output=True, text=True, timeout=30)
+    return PROJECT_ROOT
+
+
+def _git(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["git", "-C", str(_project_root()), *args], capture_output=True, text=True, timeout=30)
+
+
+# Run by train_at_commit in the champion's own checkout, so every import below is that commit's code.
+_TRAIN_AT_COMMIT = """
+import json, sys
+import include
+from include.spec import load_spec
+from include.training import select_window, train_and_register
+from include.versioning import DataRepo
+a = json.loads(sys.argv[1])
+spec = load_spec(a["dataset"])
+df = select_window(DataRepo().load(a["dataset"], a["data_rev"], spec), spec, a["window_days"])
+out = train_and_register(df, spec, lineage=a["lineage"], family=a["family"], params=a["params"], seed=a["seed"],
+                         reason="model-ci-reproduce", run_key=a["run_key"], holdout_frac=a["holdout_frac"],
+                         val_frac=a["val_frac"])
+print("MODEL_CI_RESULT " + json.dumps({"code": include.__file__, "metrics": out["metrics"]}))
+"""
+
+
+def train_at_commit(repo: Path, recipe: Recipe, spec, tmp: Path, *, run_key: str, timeout: float = 1800) -> dict:
+    """The metrics of ``recipe`` retrained by the code of commit ``recipe.code_sha`` of ``repo``.
+
+    The commit is checked out in a temporary ``git worktree`` (removed afterwards) and trained in a
+    subprocess whose imports come from it, against the stores of this process's environment (the
+    scratch MLflow store inside :func:`check`; the data repo and DVC remote as resolved here, since
+    the worktree's default state dir would be its own)."""
+    from include.config import settings
+
+    sha = recipe.code_sha
+    if sha in ("", "unknown"):
+        raise CiError("--reproduce: the champion records no code sha, so its own code cannot be retrained")
+
+    def git(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=timeout)
+
+    if git("cat-file", "-e", f"{sha}^{{commit}}").returncode != 0:
+        raise CiError(f"--reproduce: the champion's commit {sha[:12]} is not in the git history of {repo} "
+                      "(fetch it, e.g. a full clone / fetch-depth: 0)")
+    src = tmp / f"src-{sha[:12]}"
+    added = git("worktree", "add", "--detach", "--force", str(src), sha, timeout=300)
+    if added.returncode != 0:
+        raise CiError(f"--reproduce: git worktree add {sha[:12]} failed: {added.stderr.strip()[-1000:]}")
+    try:
+        s = settings()
+        env = {**os.environ, "PYTHONPATH": str(src), "MLOPS_STATE_DIR": str(s.state_dir),
+               "MLOPS_DATA_REPO": str(s.data_repo), "MLOPS_DVC_REMOTE": str(s.dvc_remote)}
+        args = {"dataset": spec.name, "data_rev": recipe.data_rev, "window_days": recipe.window_days,
+                "family": recipe.family, "params": recipe.params, "seed": recipe.seed, "run_key": run_key,
+                "holdout_frac": recipe.holdout_frac, "val_frac": recipe.val_frac,
+                "lineage": {"data_rev": recipe.data_rev, "data_md5": recipe.data_md5,
+                            "validation_id": recipe.validation_id, "dataset": spec.name, "dag_run_id": run_key,
+                            "selection_window_days": recipe.window_days or None}}
+        proc = subprocess.run([sys.executable, "-c", _TRAIN_AT_COMMIT, json.dumps(args)], cwd=src, env=env,
+                              capture_output=True, text=True, timeout=timeout)
+        line = next((ln for ln in reversed(proc.stdout.splitlines()) if ln.startswith("MODEL_CI_RESULT ")), None)
+        if proc.returncode != 0 or line is None:
+            raise CiError(f"--reproduce: the champion's code ({sha[:12]}) failed to train its recipe:\n"
+                          f"{proc.stderr.strip()[-3000:]}")
+        out = json.loads(line.split(" ", 1)[1])
+        if not Path(out["code"]).resolve().is_relative_to(src.resolve()):
+            raise CiError(f"--reproduce ran {out['code']}, not the checkout of {sha[:12]} in {src}")
+        return out["metrics"]
+    finally:
+        git("worktree", "remove", "--force", str(src), timeout=300)
+        git("worktree", "prune")
 
 
 def _dirty() -> bool:
@@ -395,12 +473,30 @@ def code_change(champion_sha: str, sha: str) -> dict:
     return out
 
 
-def dependency_diff(champion: dict[str, str] | None, candidate: dict[str, str] | None) -> dict:
-    """The champion's recorded model requirements vs the working tree's lock (constraints.txt) and
-    the candidate's own recorded requirements."""
-    from include.config import PROJECT_ROOT
+def run_lock(run_id: str) -> dict[str, str] | None:
+    """``{package: version}`` of the lock file a training run logged (:data:`LOCK_ARTIFACT`), None if absent."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
 
-    lock_path = PROJECT_ROOT / "constraints.txt"
+    from include.tracking import with_retry
+
+    with tempfile.TemporaryDirectory(prefix="model-ci-lock-") as tmp:
+        try:
+            local = with_retry(mlflow.artifacts.download_artifacts,
+                               artifact_uri=f"runs:/{run_id}/{LOCK_ARTIFACT}", dst_path=tmp)
+        except (MlflowException, OSError):
+            return None
+        return _pins(Path(local).read_text())
+
+
+def dependency_diff(champion: dict[str, str] | None, candidate: dict[str, str] | None,
+                    champion_lock: dict[str, str] | None = None, lock_path: Path | None = None) -> dict:
+    """What changed in the dependencies: the working tree's lock file against the full lock the
+    champion's run logged (every added, removed or re-pinned package), and the model's own pins
+    (its ``requirements.txt``) against the candidate's."""
+    from include.training import LOCK_FILE
+
+    lock_path = lock_path or _project_root() / LOCK_FILE
     lock = _pins(lock_path.read_text()) if lock_path.exists() else None
     rows = []
     if champion is not None:
@@ -408,8 +504,14 @@ def dependency_diff(champion: dict[str, str] | None, candidate: dict[str, str] |
             was, now = champion.get(pkg), (candidate or {}).get(pkg) or (lock or {}).get(pkg)
             locked = (lock or {}).get(pkg)
             rows.append({"package": pkg, "champion": was, "candidate": now, "lock": locked, "changed": was != now})
+    lock_changes = None
+    if champion_lock is not None and lock is not None:
+        lock_changes = [{"package": p, "champion": champion_lock.get(p), "candidate": lock.get(p)}
+                        for p in sorted(set(champion_lock) | set(lock)) if champion_lock.get(p) != lock.get(p)]
     return {"recorded": champion is not None, "lock": lock is not None, "rows": rows,
-            "n_locked": len(lock or {}), "lock_path": str(lock_path.name)}
+            "n_locked": len(lock or {}), "lock_path": str(lock_path.name),
+            "champion_lock": champion_lock is not None, "n_champion_locked": len(champion_lock or {}),
+            "lock_changes": lock_changes}
 
 
 # ----------------------------------------------------------------------------------------- report
@@ -474,30 +576,48 @@ def render(r: CheckResult) -> str:
     elif code["note"]:
         lines.append(f"- {code['note']}")
     d = r.deps
+    lc = d.get("lock_changes")
+    if lc is not None:
+        lines.append(f"- dependency lock: {d['lock_path']} ({d['n_locked']} packages) vs the lock the champion's "
+                     f"run logged ({d['n_champion_locked']}): "
+                     + (f"{len(lc)} package(s) changed" if lc else "no locked package changed"))
+        if lc:
+            lines += ["", "| package | champion's lock | working tree's lock |", "|---|---|---|"]
+            lines += [f"| {x['package']} | {x['champion'] or '(absent)'} | {x['candidate'] or '(removed)'} |"
+                      for x in lc]
+            lines.append("")
+    elif not d["lock"]:
+        lines.append(f"- dependency lock: the working tree has no {d['lock_path']}, so no lock diff is possible")
+    else:
+        lines.append(f"- dependency lock: the champion's run logged no lock ({LOCK_ARTIFACT}; trained before "
+                     "model CI recorded it), only its model's own pins are compared below")
     if not d["recorded"]:
-        lines.append("- dependencies: the champion recorded no requirements, so no lock diff is possible")
+        lines.append("- model requirements: the champion recorded none")
     else:
         changed = [x for x in d["rows"] if x["changed"]]
-        lines.append(f"- dependencies: the champion recorded the model's own pins only ({len(d['rows'])} packages), "
-                     f"not the full lock; the working tree locks {d['n_locked']} in {d['lock_path']}"
-                     if d["lock"] else "- dependencies: the working tree has no constraints.txt lock")
-        lines.append("  - no pinned package changed" if not changed else
-                     "  - changed: " + ", ".join(f"{x['package']} {x['champion']} → {x['candidate']}" for x in changed))
+        lines.append("- model requirements (the model's own pins): "
+                     + ("none changed" if not changed else
+                        "changed: " + ", ".join(f"{x['package']} {x['champion']} → {x['candidate']}" for x in changed)))
         lines += ["", "| package | champion | candidate | lock |", "|---|---|---|---|"]
         lines += [f"| {x['package']} | {x['champion'] or '–'} | {x['candidate'] or '–'} | {x['lock'] or '–'} |"
                   for x in d["rows"]]
     if r.reproduce is not None:
         rp = r.reproduce
         lines += ["", "## Reproducibility", ""]
+        who = f"the champion's own code (`{rp['code_sha'][:12]}`, a temporary git worktree)"
         if rp["ok"]:
-            lines.append(f"- retraining the champion's recipe reproduced all {rp['n_compared']} of its recorded "
-                         f"metrics exactly")
+            lines.append(f"- retraining the champion's recipe with {who} reproduced all {rp['n_compared']} of its "
+                         f"recorded metrics exactly")
         else:
-            lines.append(f"- **non-determinism**: {len(rp['differ'])} of {rp['n_compared']} recorded metrics differ "
-                         f"when the champion's recipe is retrained")
-            if rp["code_differs"]:
-                lines.append("  - caution: the retrain ran this working tree's code, which differs from the "
-                             "champion's commit; the change itself may explain the difference")
+            lines.append(f"- **non-determinism**: retraining the champion's recipe with {who}, {len(rp['differ'])} "
+                         f"of its {rp['n_compared']} recorded metrics differ, the largest: "
+                         + ", ".join(f"{x['metric']} by {x['delta']:+.3g}" for x in
+                                     sorted(rp["differ"], key=lambda x: -abs(x["delta"]))[:5])
+                         + (" …" if len(rp["differ"]) > 5 else ""))
+        if rp["champion_dirty"]:
+            lines.append("  - caution: the champion was trained from a checkout with uncommitted changes, which "
+                         "its commit does not hold; they may explain a difference")
+        if not rp["ok"]:
             lines += ["", "| metric | recorded | reproduced | delta |", "|---|---|---|---|"]
             lines += [f"| {x['metric']} | {x['recorded']!r} | {x['reproduced']!r} | {x['delta']:+.3g} |"
                       for x in rp["differ"][:50]]
@@ -520,6 +640,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--family", default=None, help="model family instead of the champion's (simulates a code change)")
     p.add_argument("--param", action="append", type=key_value_arg, default=[], metavar="KEY=VALUE",
                    help="hyperparameter on top of the champion's (repeatable), e.g. --param max_iter=300")
+    p.add_argument("--repo", type=Path, default=None,
+                   help="git repository holding the champion's code sha for --reproduce (default: this project)")
+    p.add_argument("--lock", type=Path, default=None,
+                   help="the working tree's lock file to diff with the champion's logged one (default: constraints.txt)")
     p.add_argument("--allow-neutral", action="store_true",
                    help="pass a change that is neither significantly better nor worse (default: the gate's rule)")
     return ap
@@ -530,7 +654,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         result = check(args.dataset, family=args.family, params=dict(args.param) or None,
-                       reproduce=args.reproduce, allow_neutral=args.allow_neutral)
+                       reproduce=args.reproduce, allow_neutral=args.allow_neutral, repo=args.repo,
+                       lock=args.lock)
     except CiError as err:
         print(f"mlops-ci: {err}", file=sys.stderr)
         return 2

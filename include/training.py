@@ -116,6 +116,7 @@ HOLDOUT_ARTIFACT = "holdout/holdout.parquet"
 # The keys of the rows that shaped the model (its training and validation splits): whoever scores
 # this version later must leave them out, or it is graded on rows it has memorised.
 TRAINING_KEYS_ARTIFACT = "lineage/training_keys.parquet"
+LOCK_FILE = "constraints.txt"  # logged as environment/constraints.txt of every training run
 MISSING = "__missing__"
 
 
@@ -738,6 +739,8 @@ def train_and_register(
                 test[holdout_cols].to_parquet(hpath, index=False)
                 mlflow.log_artifact(str(hpath), "holdout")
                 _log_training_keys(tmp_path, spec, train, val)
+                if (PROJECT_ROOT / LOCK_FILE).exists():  # the full lock this code ran with: mlops-ci diffs it
+                    mlflow.log_artifact(str(PROJECT_ROOT / LOCK_FILE), "environment")
                 if tried:
                     (tmp_path / "candidates.json").write_text(json.dumps(tried, indent=2, default=str))
                     mlflow.log_artifact(str(tmp_path / "candidates.json"), "search")
