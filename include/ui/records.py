@@ -316,15 +316,19 @@ def timeline(dataset: str | None = None, limit: int = TIMELINE_LIMIT) -> dict:
     for rec in read_jsonl(s.reports_dir / "deployments.jsonl"):
         trig = rec.get("trigger") or {}
         kind = {"deployed": "deploy", "rolled_back": "rollback"}.get(rec.get("event"), rec.get("event") or "deploy")
-        what = (f"{rec.get('model')} v{rec.get('version')} " +
-                ({"deploy": f"deployed (was v{rec.get('previous_champion')})",
-                  "rollback": f"rolled back: {rec.get('reason')}; serving "
-                              f"{'v' + str(rec['serving']) if rec.get('serving') else 'nothing'}"}
-                 .get(kind, json.dumps({k: v for k, v in rec.items() if k not in ('time', 'model', 'version')})[:300])))
+        if kind == "rollback" and rec.get("from"):  # a rollback_to deploy: `version` is where it went back to
+            what = (f"{rec.get('model')} rolled back from v{rec['from']} to v{rec.get('version')}: "
+                    f"{rec.get('reason')}")
+        else:
+            what = (f"{rec.get('model')} v{rec.get('version')} " +
+                    ({"deploy": f"deployed (was v{rec.get('previous_champion')})",
+                      "rollback": f"rolled back: {rec.get('reason')}; serving "
+                                  f"{'v' + str(rec['serving']) if rec.get('serving') else 'nothing'}"}
+                     .get(kind, json.dumps({k: v for k, v in rec.items() if k not in ('time', 'model', 'version')})[:300])))
         # the deploy DAG records who triggered it (dag_run.triggering_user_name) as trigger.user; a
         # rollback may name its author as "by" instead
         user = trig.get("user") or rec.get("by")
-        if user:
+        if user and not what.endswith(f" by {user}"):  # a rollback_to's reason names the user already
             what += f" by {user}"
         events.append({"at": rec.get("time"), "kind": kind, "dataset": rec.get("dataset") or model_ds.get(rec.get("model")),
                        "summary": what, "detail": {"version": rec.get("version"), "trigger": trig, "by": user}})

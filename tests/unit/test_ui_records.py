@@ -22,10 +22,16 @@ def test_rollback_entries_name_the_user_who_triggered_them(state):
            {"time": "2026-11-28T08:06:00Z", "event": "rolled_back", "model": "sessions_purchase", "version": "3",
             "reason": "smoke test failed", "serving": "1", "by": "carol"},
            {"time": "2026-11-28T08:07:00Z", "event": "rolled_back", "model": "sessions_purchase", "version": "4",
-            "reason": "smoke test failed", "serving": "1"})
+            "reason": "smoke test failed", "serving": "1"},
+           # a manual rollback (the deploy DAG's rollback_to): version is where it went back to
+           {"time": "2026-11-28T08:08:00Z", "event": "rolled_back", "model": "sessions_purchase", "version": "1",
+            "from": "2", "automatic": False, "reason": "rollback_to v1 requested by dave", "serving": "1",
+            "trigger": {"user": "dave", "dag_run_id": "manual__3"}})
     events = records.timeline("sessions")["events"]
-    assert [e["kind"] for e in events] == ["rollback", "rollback", "rollback", "deploy"]  # newest first
-    unattributed, carol, alice, deploy = events
+    assert [e["kind"] for e in events] == ["rollback", "rollback", "rollback", "rollback", "deploy"]  # newest first
+    manual, unattributed, carol, alice, deploy = events
+    assert manual["summary"] == "sessions_purchase rolled back from v2 to v1: rollback_to v1 requested by dave"
+    assert manual["detail"]["by"] == "dave"
     assert alice["detail"]["by"] == "alice" and alice["summary"].endswith(" by alice")
     assert "v2 rolled back: operator rollback; serving v1" in alice["summary"]
     assert carol["detail"]["by"] == "carol" and carol["summary"].endswith(" by carol")
