@@ -41,7 +41,7 @@ AIRFLOW_SERVICES = {"airflow-apiserver", "airflow-scheduler", "airflow-dag-proce
                     "airflow-worker"}
 ONE_SHOT = {"preflight", "airflow-init", "mlflow-db-init", "minio-init", "retrain"}
 EXPECTED_SERVICES = AIRFLOW_SERVICES | ONE_SHOT | {"postgres", "redis", "mlflow", "minio", "edge", "prometheus",
-                                                 "pushgateway"}
+                                                 "pushgateway", "grafana"}
 VALID_CONDITIONS = {"service_started", "service_healthy", "service_completed_successfully"}
 
 # Variables include/config.py reads that compose leaves to the embedded default on purpose.
