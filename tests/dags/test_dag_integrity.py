@@ -26,8 +26,20 @@ def dagbag():
     return DagBag(dag_folder=str(DAGS_DIR))
 
 
-def test_dag_files_exist():
-    assert DAG_FILES, f"no DAG files in {DAGS_DIR}"
+def test_every_dag_file_declares_one_dag_named_after_it(dagbag):
+    """A file whose DAG function is never called (or that declares two) parses without an error."""
+    by_file: dict[str, list[str]] = {}
+    for dag_id, dag in dagbag.dags.items():
+        by_file.setdefault(Path(dag.fileloc).stem, []).append(dag_id)
+    assert by_file == {p.stem: [p.stem] for p in DAG_FILES}
+
+
+def test_no_task_pushes_its_dict_keys_as_separate_xcoms(dagbag):
+    """TaskFlow infers multiple_outputs=True from a `-> dict` annotation: every key would be pushed
+    again as its own XCom. No task here means that; each says multiple_outputs=False."""
+    inferred = [f"{dag_id}.{t.task_id}" for dag_id, dag in dagbag.dags.items() for t in dag.tasks
+                if getattr(t, "multiple_outputs", False)]
+    assert inferred == []
 
 
 def test_no_import_errors(dagbag):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from include.spec import SpecError, load_spec, parse_spec
@@ -94,23 +96,37 @@ def test_unknown_dataset_lists_known_ones(tmp_path):
         load_spec("b", specs_dir=tmp_path)
 
 
-def test_sessions_spec_feature_lists():
-    spec = load_spec("sessions")
-    assert spec.name == "sessions"
-    assert (spec.key, spec.timestamp, spec.target, spec.task) == ("session_id", "ts", "purchased", "classification")
-    assert spec.slices == ("device", "channel")
-    assert [c.name for c in spec.feature_columns] == [
-        "device", "country", "channel", "returning", "pages_viewed", "session_seconds",
-        "cart_items", "discount_pct", "price_viewed",
-    ]
-    assert spec.numeric_features == [
-        "returning", "pages_viewed", "session_seconds", "cart_items", "discount_pct", "price_viewed",
-    ]
-    assert spec.categorical_features == ["device", "country", "channel"]
-    assert spec.column("price_viewed").nullable is True
-    assert spec.column("device").values == ("mobile", "desktop", "tablet")
-    assert spec.column("pages_viewed").min == 1 and spec.column("pages_viewed").max == 500
-    assert spec.path is not None and spec.path.name == "sessions.yaml"
+SHIPPED = sorted(p.stem for p in (Path(__file__).resolve().parents[2] / "include" / "specs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_spec_is_usable_by_every_stage(name):
+    """What the stages rely on and the parser does not check: properties of the shipped files."""
+    from include.drift import DriftPolicy
+
+    spec = load_spec(name)
+    assert spec.name == name == spec.path.stem  # stages find a dataset's spec by its name
+    features = {c.name for c in spec.feature_columns}
+    assert features and set(spec.numeric_features) | set(spec.categorical_features) <= features
+    for role in (spec.key, spec.target):
+        assert not spec.column(role).nullable, f"{role} may not be missing"
+    target = spec.column(spec.target)
+    if spec.task == "classification":  # binary: the server answers P(positive class)
+        assert (target.dtype == "int" and (target.min, target.max) == (0, 1)) or len(target.values or ()) == 2
+    else:
+        assert target.is_numeric
+    for c in spec.columns:
+        assert c.min is None or c.max is None or c.min < c.max, c.name
+        assert c.values is None or (c.values and len(set(c.values)) == len(c.values)), c.name
+    # per-slice gate checks need a finite set of groups
+    assert all(spec.column(s).values for s in spec.slices), spec.slices
+    assert set(DriftPolicy.load(name).critical_features) <= features
+
+
+def test_shipped_specs_name_distinct_models():
+    """The catalog maps a model back to its dataset: two datasets sharing a model name would clash."""
+    names = [load_spec(n).model_name for n in SHIPPED]
+    assert len(SHIPPED) >= 2 and len(set(names)) == len(names), names
 
 
 def test_model_name_defaults_to_the_dataset_and_the_demo_keeps_its_own():
