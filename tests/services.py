@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import time
@@ -9,6 +10,14 @@ import uuid
 
 # the demo dataset's registered model (include/specs/sessions.yaml: model_name)
 SESSIONS_MODEL = "sessions_purchase"
+
+
+def unavailable(reason: str) -> None:
+    """A service the test needs is missing: skip on a workstation, fail in CI (``CI`` set), where a
+    skip would let the test pass without running."""
+    import pytest
+
+    (pytest.fail if os.environ.get("CI") else pytest.skip)(reason)
 
 
 def free_port() -> int:

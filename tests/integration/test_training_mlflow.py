@@ -28,7 +28,7 @@ from include.training import (
     split,
     train_and_register,
 )
-from tests.services import SESSIONS_MODEL
+from tests.services import SESSIONS_MODEL, unavailable
 
 pytestmark = pytest.mark.integration
 
@@ -289,11 +289,12 @@ def _pg_dsn(db: str = "postgres") -> str:
 @pytest.fixture
 def mlflow_server(state, tmp_path, monkeypatch):
     """`mlflow server` on a fresh PostgreSQL database; the env points MLflow at it; dropped after."""
-    psycopg2 = pytest.importorskip("psycopg2")
+    import psycopg2  # locked: a missing driver is an install error, not a reason to skip
+
     try:
         admin = psycopg2.connect(_pg_dsn(), connect_timeout=5)
     except psycopg2.OperationalError as err:
-        pytest.skip(f"PostgreSQL not reachable at 127.0.0.1:5432: {err}")
+        unavailable(f"PostgreSQL not reachable at 127.0.0.1:5432: {err}")
     admin.autocommit = True
     db = f"mlflow_test_{uuid.uuid4().hex[:10]}"
     with admin.cursor() as cur:
