@@ -13,7 +13,10 @@ Runs three ways, all with the same Params/conf:
 `fit` pulls exactly the recorded revision, splits deterministically, fits a scikit-learn Pipeline
 built from the dataset spec, logs params/metrics/plots/model to MLflow and registers one version of
 the dataset's own registered model (the spec's `model_name`) with lineage tags (data rev + md5,
-validation id, code sha, DAG run, reason). A retry never registers a second version. `gate`
+validation id, code sha, DAG run, reason). A retry never registers a second version, and neither
+does a run whose recipe (data rev and window, spec, code, family/hyperparameters/seed) is already a
+READY version: it logs "nothing new to train: vN already has this recipe ..." and skips the gate
+for that dataset (*Train even if identical* overrides that). `gate`
 re-scores that model's champion on the challenger's holdout and applies the dataset's promotion
 policy (minimums, regressions, per-slice, paired bootstrap significance). Passed: alias
 `challenger` + `model_candidate` Asset (which schedules `deploy`). Rejected: the version is tagged
@@ -66,6 +69,10 @@ DATASETS = dataset_names()
         "window_days": Param(0, type="number", minimum=0, title="Training window (days)",
                              description="Fit on rows within N days of the newest one (0 = all data at the rev). "
                                          "Drift retrains use the drift policy's retrain_window_days."),
+        "force": Param(False, type="boolean", title="Train even if identical",
+                       description="Register a new version even when one with the same recipe (data rev, "
+                                   "window, spec, code, family, hyperparameters, seed) exists. Off: such a "
+                                   "run trains nothing and skips the gate."),
         "reason": Param("manual", type="string", title="Reason",
                         description="Why this retrain: recorded on the model version's lineage tags."),
         "allow_stale_data": Param(False, type="boolean", title="Allow stale data",
@@ -120,8 +127,10 @@ def train():
                                    "selection_window_days": params["window_days"] or None},
                 family=params["family"], params=params["hyperparams"], search=params["search"],
                 seed=params["seed"], reason=params["reason"],
-                run_key=f"train/{dag_run.run_id}/{lineage['dataset']}",
+                run_key=f"train/{dag_run.run_id}/{lineage['dataset']}", force=params["force"],
             )
+        if model.get("duplicate_of"):
+            print(model["message"])
         return {**model, "dataset": lineage["dataset"]}
 
     @task(outlets=[MODEL_CANDIDATE], map_index_template="{{ dataset }}")
@@ -133,6 +142,8 @@ def train():
         from include.gate import evaluate_and_decide
 
         get_current_context()["dataset"] = model["dataset"]
+        if model.get("duplicate_of"):  # the version has met the gate already (or been rejected by it)
+            raise AirflowSkipException(model["message"])
         override = None
         if params["override_approve"]:
             override = {"approve": True, "justification": params["override_justification"],

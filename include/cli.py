@@ -101,6 +101,8 @@ def retrain_main(argv: list[str] | None = None) -> int:
     ap.add_argument("--family", choices=["hgb", "logreg", "ridge"], default=None)
     ap.add_argument("--param", action="append", type=key_value_arg, default=[], metavar="KEY=VALUE",
                     help="estimator hyperparameter (repeatable), e.g. --param max_iter=200")
+    ap.add_argument("--force", action="store_true",
+                    help="train even if a version with the same recipe (data rev, code, config) exists")
     ap.add_argument("--wait", action="store_true", help="wait for the run, printing task progress")
     ap.add_argument("--timeout", type=float, default=1800)
     args = ap.parse_args(argv)
@@ -114,6 +116,8 @@ def retrain_main(argv: list[str] | None = None) -> int:
         conf["family"] = args.family
     if args.param:
         conf["hyperparams"] = dict(args.param)
+    if args.force:
+        conf["force"] = True
     base = api_url()
     try:
         with httpx.Client(timeout=30) as client:

@@ -7,7 +7,9 @@ the newest revision, gates it, deploys the champion behind the serving edge, Cad
 answers, else local processes), serves normal traffic (no drift), then drifted traffic whose
 labels arrive in a later batch: monitor_drift fires, train runs on the new data, the gate passes
 and the new champion is deployed. Re-running it is safe: ingested batches are no-ops, a
-retrain on an unchanged revision meets the gate again, a deployed champion is not redeployed.
+retrain of a recipe that already has a version (same data rev, code and config) trains nothing
+("nothing new to train: vN already has this recipe", its gate skipped), a deployed champion is
+not redeployed.
 """
 
 from __future__ import annotations

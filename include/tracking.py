@@ -4,10 +4,11 @@ Every stage calls :func:`configure_mlflow` first, so the embedded mode (SQLite +
 dir under the state dir) and the distributed mode (``MLFLOW_TRACKING_URI=http://...``) share one
 code path.
 
-Retries: MLflow's REST client already retries HTTP failures (``MLFLOW_HTTP_REQUEST_MAX_RETRIES``,
-exponential backoff). :func:`with_retry` adds a few attempts around whole calls for the failures
-that surface anyway (server restarting, database locked or briefly unreachable); anything longer
-is left to Airflow task retries with ``retry_exponential_backoff``.
+Retries: MLflow's REST client retries HTTP failures itself; :data:`HTTP_DEFAULTS` bounds that so a
+dead tracking server fails the task in about a minute instead of tens of minutes.
+:func:`with_retry` adds a few attempts around whole calls for the failures that surface anyway
+(server restarting, database locked or briefly unreachable); anything longer is left to Airflow
+task retries with ``retry_exponential_backoff``.
 """
 
 from __future__ import annotations
@@ -31,6 +32,24 @@ log = logging.getLogger(__name__)
 DEFAULT_EXPERIMENT = "mlops-loop"
 
 T = TypeVar("T")
+
+# MLflow's own defaults retry one HTTP request 7 times with backoff factor 2 (0, 4, 8, ... capped at
+# 120 s: about 4 minutes on a dead server, mlflow.utils.request_utils) with a 120 s timeout each;
+# with_retry's attempts and the training protocol's several calls multiply that, so a task on a dead
+# server hung for over half an hour before Airflow's retry could take over. Bounded here: about 3 s
+# per request on a refused connection (retries after 0 s and 2 s, plus jitter), 30 s for a server
+# that accepts but does not answer. Set in the environment (e.g. the compose file), a value wins.
+HTTP_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+}
+for _k, _v in HTTP_DEFAULTS.items():
+    os.environ.setdefault(_k, _v)  # read by MLflow at each request, so the import is early enough
+
+
+class TrackingUnavailable(RuntimeError):
+    """MLflow could not be reached: the task fails now, with this cause, and Airflow's retry takes over."""
 
 # Substrings of error messages that mean "the store is not reachable right now", not "bad request".
 _TRANSIENT_MESSAGES = (
@@ -109,6 +128,30 @@ def with_retry(
                         type(exc).__name__, exc, attempt, attempts - 1, delay)
             time.sleep(delay)
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def fails_clearly_when_unreachable(then: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
+    """Decorator: an unreachable tracking store ends ``fn`` with :class:`TrackingUnavailable`, whose
+    message names the store, the underlying error and ``then`` (what the retry will do)."""
+
+    def decorate(fn: Callable[..., T]) -> Callable[..., T]:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> T:
+            try:
+                return fn(*args, **kwargs)
+            except TrackingUnavailable:
+                raise
+            except Exception as exc:
+                if not is_unreachable(exc):
+                    raise
+                raise TrackingUnavailable(
+                    f"MLflow at {settings().mlflow_tracking_uri} is unreachable ({type(exc).__name__}: "
+                    f"{str(exc)[:600]}); {fn.__name__} failed and {then}"
+                ) from exc
+
+        return wrapper
+
+    return decorate
 
 
 def retrying(fn: Callable[..., T]) -> Callable[..., T]:

@@ -50,7 +50,13 @@ from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from include.config import PROJECT_ROOT, settings
 from include.crashpoints import crash_point
 from include.spec import DatasetSpec
-from include.tracking import client, configure_mlflow, with_retry
+from include.tracking import (
+    client,
+    configure_mlflow,
+    fails_clearly_when_unreachable,
+    is_unreachable,
+    with_retry,
+)
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +118,7 @@ MODEL_ARTIFACT = "model"
 # Run tags that describe the run, not the version (every other non-system run tag is a version tag).
 MODEL_URI_TAG = "model_uri"
 RUN_ONLY_TAGS = frozenset({"code_dirty", "registered_version", MODEL_URI_TAG})
+RECIPE_TAG = "recipe"  # training_recipe(): versions with the same one are the same model
 HOLDOUT_ARTIFACT = "holdout/holdout.parquet"
 # The keys of the rows that shaped the model (its training and validation splits): whoever scores
 # this version later must leave them out, or it is graded on rows it has memorised.
@@ -199,6 +206,45 @@ def make_run_key(dataset: str, data_rev: str, *, family: str = "hgb", params: di
                      sort_keys=True, default=str)
     digest = hashlib.sha256(cfg.encode()).hexdigest()[:10]
     return f"{dataset}@{data_rev}/{family}/{digest}"
+
+
+def code_identity() -> str:
+    """The code a model is trained with: the git sha, plus a digest of the uncommitted changes to
+    tracked files under include/ and dags/ (the code, specs and policies) when the checkout is
+    dirty; outside git (the Docker image has no .git), a digest of those files."""
+    sha = code_sha()
+    if sha == "unknown":
+        h = hashlib.sha256()
+        files = [p for d in ("include", "dags") for p in (PROJECT_ROOT / d).rglob("*")
+                 if p.suffix in (".py", ".yaml") and p.is_file()]
+        for p in sorted(files):
+            h.update(str(p.relative_to(PROJECT_ROOT)).encode() + b"\0" + p.read_bytes() + b"\0")
+        return "tree:" + h.hexdigest()[:16]
+    try:
+        out = subprocess.run(["git", "-C", str(PROJECT_ROOT), "diff", "HEAD", "--binary", "--", "include", "dags"],
+                             capture_output=True, timeout=30)
+        diff = out.stdout if out.returncode == 0 else str(time.time_ns()).encode()
+    except (OSError, subprocess.SubprocessError):
+        diff = str(time.time_ns()).encode()  # cannot tell what changed: never equal to another run
+    return f"{sha}+diff:{hashlib.sha256(diff).hexdigest()[:16]}" if diff else sha
+
+
+def training_recipe(spec: DatasetSpec, lineage: dict[str, str], *, code: str, family: str, params: dict,
+                    seed: int, search: bool, holdout_frac: float, val_frac: float) -> str:
+    """A digest of everything that determines the model: the data (dataset, rev, md5 and how rows were
+    selected from it), the spec, the code and the training config. Same recipe, same model (fits
+    are seeded), so a second version of it would be a duplicate (:func:`train_and_register`)."""
+    import dataclasses
+
+    body = {
+        "data": {k: lineage.get(k) for k in ("dataset", "data_rev", "data_md5")},
+        "selection": {k: str(v) for k, v in sorted(lineage.items()) if k.startswith("selection_") and v is not None},
+        "spec": {k: v for k, v in dataclasses.asdict(spec).items() if k not in ("path", "description")},
+        "code": code,
+        "config": {"family": family, "params": params, "seed": seed, "search": search,
+                   "holdout_frac": holdout_frac, "val_frac": val_frac},
+    }
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
 # ------------------------------------------------------------------------------------------ inputs
@@ -549,9 +595,12 @@ def _validate_run_key(run_key: str) -> None:
         raise TrainingInputError(f"run_key {run_key!r} must be at most 250 characters without quotes or backslashes")
 
 
-def _versions_with_key(name: str, run_key: str) -> list:
+def _versions_with_key(name: str, run_key: str, *, once: bool = False) -> list:
+    """``once``: a single request, for callers that are themselves a retry loop or a cleanup that a
+    later attempt redoes (nested retries on a dead server only delay the task's failure)."""
     c = client()
-    return with_retry(c.search_model_versions, f"name='{name}' and tags.run_key='{run_key}'")
+    query = f"name='{name}' and tags.run_key='{run_key}'"
+    return c.search_model_versions(query) if once else with_retry(c.search_model_versions, query)
 
 
 def _result_from_version(mv) -> dict:
@@ -608,6 +657,26 @@ def _find_existing(name: str, run_key: str, experiment_id: str) -> dict | None:
     return _result_from_version(ready) if ready else None
 
 
+def _same_recipe(name: str, recipe: str) -> dict | None:
+    """The oldest complete version (READY, run FINISHED) of ``name`` trained from ``recipe``, as a
+    :func:`train_and_register` result with ``duplicate_of`` and ``message``; None if there is none."""
+    c = client()
+    for mv in sorted(with_retry(c.search_model_versions, f"name='{name}' and tags.{RECIPE_TAG}='{recipe}'"),
+                     key=lambda v: int(v.version)):
+        if mv.status != "READY" or not mv.run_id:
+            continue
+        run = with_retry(c.get_run, mv.run_id)
+        if run.info.status != "FINISHED" or run.info.lifecycle_stage != "active":
+            continue
+        t = mv.tags
+        params = {k[3:]: v for k, v in sorted(run.data.params.items()) if k.startswith("hp.")}
+        message = (f"nothing new to train: v{mv.version} already has this recipe (data rev "
+                   f"{t.get('data_rev', '?')[:12]}, code {t.get('code_sha', '?')[:12]}, {t.get('family', '?')} "
+                   f"{params} seed {run.data.params.get('seed', '?')}); force=True trains it again")
+        return {**_result_from_version(mv), "duplicate_of": str(mv.version), "recipe": recipe, "message": message}
+    return None
+
+
 def _str_tags(d: dict) -> dict[str, str]:
     return {k: ("" if v is None else str(v))[:5000] for k, v in d.items()}
 
@@ -634,6 +703,8 @@ def _search(spec, family, base, seed, train, val) -> tuple[dict, list[dict]]:
     return best["params"], tried
 
 
+@fails_clearly_when_unreachable("the task's retry under the same run key finishes or removes what this "
+                                "attempt left (docs/reliability.md)")
 def train_and_register(
     df: pd.DataFrame,
     spec: DatasetSpec,
@@ -647,6 +718,7 @@ def train_and_register(
     run_key: str,
     holdout_frac: float = 0.2,
     val_frac: float = 0.2,
+    force: bool = False,
 ) -> dict:
     """Fit, log to one MLflow run and register one model version; idempotent per ``run_key``.
 
@@ -655,6 +727,11 @@ def train_and_register(
     sha is added here. Returns
     ``{model, version, run_id, metrics, holdout_uri, reused}``; ``reused`` is True when a READY
     version with this ``run_key`` already existed and nothing was trained.
+
+    Nothing is trained either when a READY version of the model already has the same
+    :func:`training_recipe` (same data rev and selection, spec, code and config: the same model):
+    that version is returned with ``duplicate_of`` and a ``message`` saying so, unless ``force``.
+    Raises :class:`~include.tracking.TrackingUnavailable` when MLflow cannot be reached.
     Raises :class:`TrainingInputError` (before anything is logged) when the inputs are unusable.
     """
     t0 = time.perf_counter()
@@ -673,17 +750,26 @@ def train_and_register(
     if existing is not None:
         log.info("run_key %s already registered as %s v%s; not retraining", run_key, name, existing["version"])
         return existing
+    lin = {k: str(lineage.get(k) or lineage.get(LINEAGE_ALIASES.get(k, k)) or "unknown") for k in LINEAGE_KEYS}
+    if lin["dataset"] == "unknown":
+        lin["dataset"] = spec.name
+    selection = {k: v for k, v in lineage.items() if k.startswith("selection_")}
+    recipe = training_recipe(spec, {**lin, **selection}, code=code_identity(), family=family, params=hp, seed=seed,
+                             search=search, holdout_frac=holdout_frac, val_frac=val_frac)
+    if lin["data_rev"] != "unknown" and not force:  # an unknown rev says nothing about the data
+        same = _same_recipe(name, recipe)
+        if same is not None:
+            log.info("%s (run_key %s)", same["message"], run_key)
+            return same
 
     with compute_threads():  # small data: oversubscribed OpenMP is far slower than 1 thread
-        lin = {k: str(lineage.get(k) or lineage.get(LINEAGE_ALIASES.get(k, k)) or "unknown") for k in LINEAGE_KEYS}
-        if lin["dataset"] == "unknown":
-            lin["dataset"] = spec.name
         sha = code_sha()
         # why this version exists (e.g. the drift report that triggered it) and how its rows were
         # chosen ride along as trigger_* / selection_* tags
         trigger = {k: str(v)[:5000] for k, v in lineage.items()
                    if k.startswith(("trigger_", "selection_")) and v is not None}
-        version_tags = {**lin, **trigger, "code_sha": sha, "reason": reason, "run_key": run_key, "family": family}
+        version_tags = {**lin, **trigger, "code_sha": sha, "reason": reason, "run_key": run_key, "family": family,
+                        RECIPE_TAG: recipe, **({"forced": "true"} if force else {})}
 
         if search:
             hp, tried = _search(spec, family, hp, seed, train, val)
@@ -800,8 +886,6 @@ def _log_training_keys(tmp_path: Path, spec: DatasetSpec, train: pd.DataFrame, v
 def _register(model_uri: str, name: str, tags: dict[str, str], run_key: str, attempts: int = 4):
     """Register once. After an unreachable-store error, look the version up by ``run_key`` before
     trying again: the request may have been applied even though the answer was lost."""
-    from include.tracking import is_unreachable
-
     for attempt in range(1, attempts + 1):
         try:
             return mlflow.register_model(model_uri, name, tags=tags)
@@ -810,7 +894,7 @@ def _register(model_uri: str, name: str, tags: dict[str, str], run_key: str, att
                 raise
             time.sleep(min(10.0, 2.0 ** (attempt - 1)))
             try:
-                found = [v for v in _versions_with_key(name, run_key) if v.run_id]
+                found = [v for v in _versions_with_key(name, run_key, once=True) if v.run_id]
             except Exception as lookup_exc:
                 if not is_unreachable(lookup_exc):
                     raise
@@ -828,7 +912,7 @@ def _cleanup_failed(name: str, run_key: str, mv) -> bool:
     """
     clean = True
     try:
-        versions = _versions_with_key(name, run_key)
+        versions = _versions_with_key(name, run_key, once=True)
     except Exception:  # registry unreachable: the next attempt's _find_existing cleans up
         log.exception("could not look up versions for run_key %s during cleanup", run_key)
         versions, clean = ([mv] if mv is not None else []), False

@@ -67,8 +67,9 @@ def test_retrain_cli_reason_reaches_lineage_tags(live_airflow):
     live = live_airflow
     before = len(live.runs("train"))
     proc = subprocess.run(
-        [str(Path(sys.executable).parent / "retrain"), "--dataset", "sessions", "--reason", "cli-e2e: promo season", "--wait",
-         "--timeout", "600"],
+        # --force: the data and config are those of the version trained above, a deliberate retrain
+        [str(Path(sys.executable).parent / "retrain"), "--dataset", "sessions", "--reason", "cli-e2e: promo season",
+         "--force", "--wait", "--timeout", "600"],
         env={**live.env, "MLOPS_AIRFLOW_API_URL": live.url}, capture_output=True, text=True, timeout=700,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr

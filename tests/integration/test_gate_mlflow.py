@@ -84,7 +84,8 @@ def test_gate_sets_aliases_and_records_every_decision(state):
 
     # 4. a challenger identical to the champion is better only by noise (here: not at all): rejected
     c.set_registered_model_alias(name, "champion", v2["version"])
-    v3 = train_and_register(big, spec, lineage=_lineage("rev2"), family="hgb", run_key="k3")
+    # (the same recipe as v2: train refuses it unless forced, a deliberate retrain)
+    v3 = train_and_register(big, spec, lineage=_lineage("rev2"), family="hgb", run_key="k3", force=True)
     g3 = evaluate_and_decide(name, v3["version"], dataset="sessions", trigger=trigger)
     assert g3["decision"] == "rejected"
     rec3 = _record(g3["record_uri"])

@@ -143,7 +143,7 @@ def test_same_run_key_adds_no_version(state, spec, batch):
 def test_retraining_same_data_and_seed_gives_identical_predictions(state, spec, batch):
     key = make_run_key("sessions", LINEAGE["data_rev"], family="hgb", seed=5)
     a = train_and_register(batch, spec, lineage=LINEAGE, family="hgb", seed=5, run_key=key)
-    b = train_and_register(batch, spec, lineage=LINEAGE, family="hgb", seed=5, run_key=key + "-bis")
+    b = train_and_register(batch, spec, lineage=LINEAGE, family="hgb", seed=5, run_key=key + "-bis", force=True)
     assert a["version"] != b["version"]
     fresh = make_batch(9, 500, seed=1)
     pa = predict_scores(load_model(SESSIONS_MODEL, a["version"]), fresh, spec)

@@ -257,3 +257,54 @@ def test_select_window_keeps_the_newest_days_only():
     no_ts = dataclasses.replace(spec, timestamp=None)
     with pytest.raises(TrainingInputError, match="needs a timestamp"):
         select_window(df, no_ts, 2)
+
+
+def test_code_identity_is_the_sha_plus_what_is_uncommitted_under_include_and_dags(tmp_path, monkeypatch):
+    import subprocess
+
+    import include.training as training
+
+    def git(*args):
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
+
+    (tmp_path / "include").mkdir()
+    (tmp_path / "include" / "a.py").write_text("A = 1\n")
+    (tmp_path / "docs.md").write_text("x\n")
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-qm", "one")
+    monkeypatch.setattr(training, "PROJECT_ROOT", tmp_path)
+    sha = training.code_sha()
+    assert len(sha) == 40 and training.code_identity() == sha
+    (tmp_path / "docs.md").write_text("y\n")  # not code: same identity
+    assert training.code_identity() == sha
+    (tmp_path / "include" / "a.py").write_text("A = 2\n")
+    two = training.code_identity()
+    assert two.startswith(f"{sha}+diff:") and training.code_identity() == two
+    (tmp_path / "include" / "a.py").write_text("A = 3\n")
+    assert training.code_identity() not in (sha, two)
+    (tmp_path / "include" / "a.py").write_text("A = 1\n")
+    assert training.code_identity() == sha
+
+
+def test_training_recipe_changes_with_anything_that_changes_the_model():
+    from include.training import training_recipe
+
+    spec = load_spec("sessions")
+    lin = {"dataset": "sessions", "data_rev": "abc", "data_md5": "m1", "dag_run_id": "r1", "validation_id": "v1"}
+    kw = {"code": "sha1", "family": "hgb", "params": {"max_iter": 10}, "seed": 1, "search": False,
+          "holdout_frac": 0.2, "val_frac": 0.2}
+    base = training_recipe(spec, lin, **kw)
+    # who/why/when does not change the model
+    assert base == training_recipe(spec, {**lin, "dag_run_id": "r2", "validation_id": "v2", "reason": "x"}, **kw)
+    assert base == training_recipe(dataclasses.replace(spec, description="other words"), lin, **kw)
+    changed = [
+        training_recipe(spec, {**lin, "data_rev": "abd"}, **kw),
+        training_recipe(spec, {**lin, "data_md5": "m2"}, **kw),
+        training_recipe(spec, {**lin, "selection_window_days": 7}, **kw),
+        training_recipe(dataclasses.replace(spec, slices=()), lin, **kw),
+        *(training_recipe(spec, lin, **{**kw, k: v}) for k, v in (
+            ("code", "sha2"), ("family", "logreg"), ("params", {"max_iter": 11}), ("seed", 2), ("search", True),
+            ("holdout_frac", 0.3), ("val_frac", 0.1))),
+    ]
+    assert base not in changed and len(set(changed)) == len(changed)
