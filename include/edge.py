@@ -14,6 +14,10 @@ Routes, per deployed model ``m`` (public paths only; anything else is a JSON 404
 * ``X-Model-Version: N`` pins a request to the running version N of the model (A/B checks,
   debugging); an unknown version is a 404 with the versions that run.
 
+During a deploy's canary phase (``start_canary``) a model's traffic is split by a weighted round
+robin between the champion and the canary (e.g. 90/10, exact over any 100 requests); a dead
+canary is skipped by the health checks and its failed requests retried on the champion.
+
 Each model's upstreams are ``[active, fallback]`` under Caddy's ``first`` policy with active health
 checks on ``/ready``: when the active server dies, requests go to the warm fallback within one
 health interval, and a request whose connection failed is retried there (``try_duration``), so it
@@ -122,13 +126,15 @@ def _json_response(status: int, detail: str) -> dict:
             "body": json.dumps({"detail": detail})}
 
 
-def _proxy(upstreams: list[dict]) -> dict:
+def _proxy(upstreams: list[dict], weights: list[int] | None = None) -> dict:
+    # first healthy upstream wins: the active one, else the warm fallback; during a canary, a
+    # weighted round robin (deterministic, so the canary's share is exact) over the healthy ones
+    selection = {"policy": "first"} if not weights else {"policy": "weighted_round_robin", "weights": weights}
     return {
         "handler": "reverse_proxy",
         "upstreams": [{"dial": _dial(u)} for u in upstreams],
-        # first healthy upstream wins: the active one, else the warm fallback
-        "load_balancing": {"selection_policy": {"policy": "first"},
-                           "try_duration": "3s", "try_interval": "100ms"},
+        # a request whose connection failed is retried on another healthy upstream
+        "load_balancing": {"selection_policy": selection, "try_duration": "3s", "try_interval": "100ms"},
         "health_checks": {
             "active": {"uri": "/ready", "interval": HEALTH_INTERVAL, "timeout": "1s"},
             "passive": {"fail_duration": "3s", "max_fails": 1},
@@ -138,7 +144,16 @@ def _proxy(upstreams: list[dict]) -> dict:
 
 def _model_routes(model: str, route: dict, *, plain: bool) -> list[dict]:
     """Caddy routes of one model: pinned versions first, then the prefixed and (if plain) root paths."""
-    upstreams = [u for u in (route.get("active"), route.get("fallback")) if u]
+    canary = route.get("canary") or {}
+    if canary.get("upstream"):
+        # the canary's share goes to the new version, the rest to the champion (the old fallback
+        # sits out the canary: two live versions are enough to compare)
+        upstreams = [route["active"], canary["upstream"]]
+        share = round(float(canary["weight"]) * 100)
+        weights = [100 - share, share]
+    else:
+        upstreams = [u for u in (route.get("active"), route.get("fallback")) if u]
+        weights = None
     paths = [f"/models/{model}/{p}" for p in PUBLIC_PATHS] + [f"/v2/models/{model}", f"/v2/models/{model}/*"]
     if plain:
         paths += [f"/{p}" for p in PUBLIC_PATHS] + ["/v2", "/v2/*"]
@@ -156,7 +171,7 @@ def _model_routes(model: str, route: dict, *, plain: bool) -> list[dict]:
         routes.append({"match": [{"path": group_paths, "header_regexp": {PIN_HEADER: {"pattern": ".+"}}}],
                        "handle": [_json_response(404, f"{model}: the pinned version does not run here; "
                                                        f"running: {running}")], "terminal": True})
-        routes.append({"match": [{"path": group_paths}], "handle": [limit, rewrite, _proxy(upstreams)],
+        routes.append({"match": [{"path": group_paths}], "handle": [limit, rewrite, _proxy(upstreams, weights)],
                        "terminal": True})
     return routes
 
@@ -329,7 +344,8 @@ def switch(upstream: dict, *, why: str, s: Settings | None = None, require_ready
         before = dict(state["models"].get(model) or {"active": None, "fallback": None})
         fallback = before.get("active") if (before.get("active") or {}).get("url") != upstream["url"] \
             else before.get("fallback")
-        state["models"][model] = {"active": upstream, "fallback": fallback}
+        # a switch ends any canary: to the canary it promotes it, to anything else it drops it
+        state["models"][model] = {"active": upstream, "fallback": fallback, "canary": None}
         state["events"].append({"time": time.time(), "event": "switch", "model": model, "why": why,
                                 "to": upstream, "from": before.get("active")})
         _write_state(s, state)
@@ -338,14 +354,70 @@ def switch(upstream: dict, *, why: str, s: Settings | None = None, require_ready
     return before
 
 
+def start_canary(upstream: dict, weight: float, *, why: str, s: Settings | None = None) -> dict:
+    """Send ``weight`` of the model's traffic to ``upstream`` next to its active server.
+
+    Returns the model's route before. The active server stays the champion; ``switch`` to the
+    canary promotes it, ``end_canary`` drops it.
+    """
+    s = s or settings()
+    model = upstream.get("model")
+    if not 0 < weight < 1:
+        raise EdgeError(f"a canary weight must be in (0, 1), got {weight}")
+    if not _ready(upstream):
+        raise EdgeError(f"upstream {upstream.get('url')} is not ready; not starting a canary")
+    ensure_edge(s)
+    with _locked(s):
+        state = read_state(s)
+        before = dict(state["models"].get(model) or {})
+        if not before.get("active"):
+            raise EdgeError(f"{model} has no active server to compare a canary with")
+        state["models"][model] = {**before, "canary": {"upstream": upstream, "weight": float(weight)}}
+        state["events"].append({"time": time.time(), "event": "canary", "model": model, "why": why,
+                                "to": upstream, "weight": float(weight)})
+        _write_state(s, state)
+        _load(s, state)
+    log.warning("edge: %s canary v%s at %s gets %.0f%% of the traffic (%s)", model, upstream.get("version"),
+                upstream["url"], weight * 100, why)
+    return before
+
+
+def end_canary(model: str, *, why: str, s: Settings | None = None) -> dict | None:
+    """Stop routing to the model's canary (all traffic back to the active server); returns it."""
+    s = s or settings()
+    with _locked(s):
+        state = read_state(s)
+        r = state["models"].get(model) or {}
+        canary = (r.get("canary") or {}).get("upstream")
+        if canary is None:
+            return None
+        r["canary"] = None
+        state["events"].append({"time": time.time(), "event": "canary_ended", "model": model, "why": why,
+                                "from": canary})
+        _write_state(s, state)
+        if admin_answers(s):
+            _load(s, state)
+    log.warning("edge: %s canary v%s ended (%s)", model, canary.get("version"), why)
+    return canary
+
+
+def canary(model: str, s: Settings | None = None) -> dict | None:
+    """{"upstream", "weight"} of the model's running canary, else None."""
+    return (status(s)["models"].get(model) or {}).get("canary")
+
+
 def forget(model: str, upstream: dict, *, s: Settings | None = None) -> None:
     """Stop routing to ``upstream`` (it is being stopped): drop it as the model's fallback."""
     s = s or settings()
     with _locked(s):
         state = read_state(s)
         r = state["models"].get(model) or {}
+        changed = False
         if (r.get("fallback") or {}).get("url") == upstream.get("url"):
-            r["fallback"] = None
+            r["fallback"], changed = None, True
+        if ((r.get("canary") or {}).get("upstream") or {}).get("url") == upstream.get("url"):
+            r["canary"], changed = None, True
+        if changed:
             _write_state(s, state)
             if admin_answers(s):
                 _load(s, state)

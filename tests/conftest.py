@@ -31,6 +31,10 @@ os.environ.setdefault("GIT_AUTHOR_EMAIL", "mlops-tests@localhost")
 os.environ.setdefault("GIT_COMMITTER_NAME", "mlops-tests")
 os.environ.setdefault("GIT_COMMITTER_EMAIL", "mlops-tests@localhost")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+# deploys in tests have no live traffic: a short canary (promoted on what it saw) and rollback
+# window instead of the policies' minutes; the canary tests set their own
+os.environ.setdefault("MLOPS_DEPLOY_POLICY", '{"canary": {"min_seconds": 0, "max_seconds": 2}, '
+                                             '"rollback_window": {"seconds": 2}}')
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 

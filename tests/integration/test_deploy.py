@@ -88,12 +88,19 @@ def _predict(gateway: str) -> dict:
 
 
 class Load(threading.Thread):
-    """Sends requests through the gateway until stopped; counts failures and versions seen."""
+    """Sends requests through the gateway until stopped; counts failures and versions seen.
+
+    Like Go's net/http and browsers, it retries once a request whose keep-alive connection was
+    closed before any response: every edge config change (canary, promote) replaces Caddy's
+    server, which closes its idle connections (Go's Server.Shutdown), and a request sent on one
+    in that instant was never read. Those are counted in ``retried``; anything else that fails,
+    or fails again, is a failed request.
+    """
 
     def __init__(self, url: str, workers: int = 4):
         super().__init__(daemon=True)
         self.url, self.workers = url, workers
-        self.ok, self.failed, self.versions, self.errors = 0, 0, set(), []
+        self.ok, self.failed, self.retried, self.versions, self.errors = 0, 0, 0, set(), []
         self._stop_event = threading.Event()
         self._lock = threading.Lock()
 
@@ -102,7 +109,12 @@ class Load(threading.Thread):
         with httpx.Client(timeout=10) as c:
             while not self._stop_event.is_set():
                 try:
-                    r = c.post(f"{self.url}/predict", json=payload)
+                    try:
+                        r = c.post(f"{self.url}/predict", json=payload)
+                    except (httpx.RemoteProtocolError, httpx.ReadError):  # closed before any response
+                        with self._lock:
+                            self.retried += 1
+                        r = c.post(f"{self.url}/predict", json=payload)
                     good = r.status_code == 200
                     detail = r.text[:200]
                 except httpx.HTTPError as err:
@@ -144,7 +156,9 @@ def test_deploy_switch_under_load_then_broken_version_rolls_back(deploy_env):
     load.stop()
     assert str(dr.state) == "success", states
     assert load.failed == 0, load.errors[:5]
-    assert load.ok > 20 and {v1, v2} <= load.versions, (load.ok, load.versions)
+    assert {v1, v2} <= load.versions, load.versions  # both answered: the canary got its share
+    print(f"switch under load: {load.ok} ok, {load.failed} failed, {load.retried} retried after a closed "
+          f"keep-alive connection")
     assert _champion() == v2
 
     # v3's model artifact is broken in the store: infra validation must stop it
@@ -164,6 +178,15 @@ def test_deploy_switch_under_load_then_broken_version_rolls_back(deploy_env):
     assert states["rollback"] == "failed"  # it ran, and fails the run on purpose, saying why
     assert _champion() == v2
     assert _predict(s.gateway_url)["model_version"] == v2
+    # where it failed: inside the image / the server's own process (exit != 0 with the load error),
+    # not in this worker's offline scoring, which runs only after the served scores came back
+    from include.deployment import DeployError, get_backend, infra_validate
+
+    backend = get_backend()
+    with pytest.raises(DeployError) as err:
+        infra_validate(SESSIONS_MODEL, v3, "sessions", backend.build(SESSIONS_MODEL, v3), backend)
+    where = "the serving image" if backend.name == "docker" else "the server's own process"
+    assert f"failed in {where}" in str(err.value) and "exit 1" in str(err.value), err.value
 
     # deploying the serving champion again changes nothing
     audit = (Path(s.reports_dir) / "deployments.jsonl").read_text().splitlines()
@@ -172,7 +195,8 @@ def test_deploy_switch_under_load_then_broken_version_rolls_back(deploy_env):
     assert states["build"] == states["promote"] == "skipped", states  # nothing left to deploy
     assert (Path(s.reports_dir) / "deployments.jsonl").read_text().splitlines() == audit
     events = [json.loads(line)["event"] for line in audit]
-    assert events == ["deployed", "deployed", "rolled_back"]
+    # v2 went through a canary next to v1 (judged on the load's traffic), v3 never got traffic
+    assert events == ["deployed", "canary_analysis", "deployed", "rolled_back"], events
 
     # `stop` with only the state dir in its environment stops THIS state dir's gateway and servers
     # (it used to ask the default port and answer "nothing was serving")
@@ -193,7 +217,7 @@ def test_deploy_switch_under_load_then_broken_version_rolls_back(deploy_env):
 
 
 def test_new_server_dying_after_the_switch_sends_traffic_back(deploy_env):
-    from include.deployment import DeployError, gateway_route, get_backend, switch_traffic
+    from include.deployment import DeployError, gateway_route, get_backend, start_release
 
     s = deploy_env
     v1, v2 = _train(0, 1500), _train(1, 1500)
@@ -205,8 +229,8 @@ def test_new_server_dying_after_the_switch_sends_traffic_back(deploy_env):
 
     def run():
         try:
-            outcome["result"] = switch_traffic(SESSIONS_MODEL, v2, "sessions", backend.build(SESSIONS_MODEL, v2),
-                                               backend, watch_s=15)
+            outcome["result"] = start_release(SESSIONS_MODEL, v2, "sessions", backend.build(SESSIONS_MODEL, v2),
+                                              backend, canary_weight=0, watch_s=15)
         except DeployError as err:
             outcome["error"] = err
 

@@ -175,3 +175,44 @@ def test_the_config_is_plain_caddy_json(tmp_path):
                        admin=tmp_path / "a.sock")
     assert cfg["admin"]["listen"] == f"unix/{tmp_path}/a.sock"  # never on the public port
     assert json.loads(json.dumps(cfg)) == cfg
+
+
+def test_canary_gets_its_weight_pins_work_and_a_dead_canary_costs_no_request(edge):
+    from include.edge import canary, end_canary, start_canary
+
+    url, servers = edge
+    _up(servers, "m", "1")
+    v2 = _model_server("m", "2")
+    servers.append(v2)
+    start_canary({k: v for k, v in v2.items() if k != "server"}, 0.1, why="test")
+    assert canary("m")["weight"] == 0.1
+
+    seen = {"1": 0, "2": 0}
+    with httpx.Client(timeout=10) as c:
+        for _ in range(2000):
+            r = c.post(f"{url}/predict", json={})
+            assert r.status_code == 200, r.text
+            seen[r.json()["model_version"]] += 1
+        share = seen["2"] / 2000
+        assert abs(share - 0.10) <= 0.03, seen
+        # a pinned request always reaches its version, whatever the split
+        pinned = {c.post(f"{url}/predict", json={}, headers={"X-Model-Version": "2"}).json()["model_version"]
+                  for _ in range(50)}
+        assert pinned == {"2"}
+
+        # the canary dies: its share is answered by the champion, no request fails
+        v2["server"].should_exit = True
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            try:
+                httpx.get(v2["url"] + "/ready", timeout=0.5)
+            except httpx.HTTPError:
+                break
+            time.sleep(0.1)
+        after = [c.post(f"{url}/predict", json={}) for _ in range(300)]
+        assert [r.status_code for r in after].count(200) == 300, {r.status_code for r in after}
+        assert {r.json()["model_version"] for r in after} == {"1"}
+
+        end_canary("m", why="test")
+        assert canary("m") is None
+        assert c.post(f"{url}/predict", json={}).json()["model_version"] == "1"
