@@ -36,7 +36,7 @@ T = TypeVar("T")
 # MLflow's own defaults retry one HTTP request 7 times with backoff factor 2 (0, 4, 8, ... capped at
 # 120 s: about 4 minutes on a dead server, mlflow.utils.request_utils) with a 120 s timeout each;
 # with_retry's attempts and the training protocol's several calls multiply that, so a task on a dead
-# server hung for over half an hour before Airflow's retry could take over. Bounded here: about 3 s
+# server could hang for tens of minutes before Airflow's retry took over. Bounded here: about 3 s
 # per request on a refused connection (retries after 0 s and 2 s, plus jitter), 30 s for a server
 # that accepts but does not answer. Set in the environment (e.g. the compose file), a value wins.
 HTTP_DEFAULTS = {
