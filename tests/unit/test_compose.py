@@ -29,6 +29,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yaml"
+CI_OVERRIDE = ROOT / "docker-compose.ci.yaml"
 ENV_EXAMPLE = ROOT / ".env.example"
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
@@ -747,6 +748,22 @@ def test_docs_explain_the_distributed_mode():
         assert words.lower() in text.lower(), f"docs/compose.md should cover {words!r}"
 
 
+def test_ci_override_changes_only_the_images_of_every_service(services):
+    """docker-compose.ci.yaml swaps each official image for a locally built one (tools/build_ci_images.sh)
+    and nothing else, so CI runs the users' stack; every image it names is one the script builds."""
+    override = yaml.safe_load(CI_OVERRIDE.read_text())
+    assert set(override["services"]) == set(services), "every service needs a CI image (and no other)"
+    built = set(re.findall(r"^build (\S+) ", (ROOT / "tools" / "build_ci_images.sh").read_text(), re.M))
+    built |= {"postgres", "redis", "grafana-stub"}  # built in the script's loop
+    for name, svc in override["services"].items():
+        assert set(svc) <= {"image", "build"}, f"{name}: the override may change only image/build, not {set(svc)}"
+        m = re.fullmatch(r"mlops-ci-([a-z0-9-]+):local", svc["image"])
+        assert m and m.group(1) in built, f"{name}: {svc['image']} is not built by tools/build_ci_images.sh"
+        if "build" in svc:  # the project's own image: the users' Dockerfile on the stand-in base
+            assert svc["build"]["dockerfile"] == "Dockerfile" and set(svc["build"]["args"]) == {"AIRFLOW_BASE"}
+            assert services[name]["build"]["dockerfile"] == "Dockerfile", name
+
+
 def test_docker_compose_config_accepts_the_file():
     # CI installs the plugin (tools/debian_tools.sh): there a missing one is a failure, not a skip
     missing = pytest.fail if os.environ.get("CI") else pytest.skip
@@ -757,6 +774,7 @@ def test_docker_compose_config_accepts_the_file():
     if version.returncode != 0:
         missing(f"the docker compose plugin is not installed (tools/debian_tools.sh): "
                 f"{(version.stderr or version.stdout).strip()[:200]}")
-    result = subprocess.run([docker, "compose", "--env-file", str(ENV_EXAMPLE), "-f", str(COMPOSE_FILE),
-                             "config", "-q"], capture_output=True, text=True, cwd=ROOT)
-    assert result.returncode == 0, result.stderr
+    for files in ([COMPOSE_FILE], [COMPOSE_FILE, CI_OVERRIDE]):
+        result = subprocess.run([docker, "compose", "--env-file", str(ENV_EXAMPLE), *[a for f in files for a in ("-f", str(f))],
+                                 "config", "-q"], capture_output=True, text=True, cwd=ROOT)
+        assert result.returncode == 0, result.stderr
