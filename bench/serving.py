@@ -58,7 +58,7 @@ def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 180.0) -> floa
             with urllib.request.urlopen(url, timeout=2) as r:
                 if r.status == 200:
                     return time.perf_counter() - t0
-        except Exception:  # noqa: BLE001 - not up yet
+        except Exception:  # not up yet
             pass
         time.sleep(0.2)
     raise TimeoutError(f"{url} not ready after {timeout}s")
@@ -118,7 +118,7 @@ def load(port: int, path: str, body: bytes, *, seconds: float, concurrency: int,
 
 
 def start(cmd: list[str], env: dict, log_path: Path) -> subprocess.Popen:
-    log = open(log_path, "wb")  # noqa: SIM115 - closed with the process
+    log = open(log_path, "wb")  # closed with the process
     return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 

@@ -36,7 +36,7 @@ def wait_http(url: str, timeout: float = 60.0, proc: subprocess.Popen | None = N
         try:
             urllib.request.urlopen(url, timeout=2)
             return
-        except Exception:  # noqa: BLE001 - not up yet
+        except Exception:  # not up yet
             time.sleep(0.3)
     raise TimeoutError(f"{url} did not answer within {timeout}s")
 

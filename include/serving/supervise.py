@@ -22,7 +22,7 @@ def supervise(cmd: list[str]) -> int:
     child: subprocess.Popen | None = None
     stopping = False
 
-    def stop(signum, frame):  # noqa: ARG001 - signal handler signature
+    def stop(signum, frame):  # signal handler signature
         nonlocal stopping
         stopping = True
         if child is not None and child.poll() is None:

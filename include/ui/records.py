@@ -45,7 +45,7 @@ def call(what: str, fn, *args, **kwargs):
         raise
     except FutureTimeout as err:
         raise Unavailable(f"{what}: no answer within {store_timeout():g} s") from err
-    except Exception as err:  # noqa: BLE001 - any store failure is shown as "unavailable"
+    except Exception as err:  # any store failure is shown as "unavailable"
         raise Unavailable(f"{what}: {type(err).__name__}: {err}"[:500]) from err
 
 

@@ -55,7 +55,7 @@ def _version_with_alias(alias: str) -> str | None:
     configure_mlflow()
     try:
         return str(client().get_model_version_by_alias(SESSIONS_MODEL, alias).version)
-    except Exception:  # noqa: BLE001
+    except Exception:  # no such alias (yet)
         return None
 
 

@@ -92,7 +92,7 @@ def _online(model: dict, spec, rows: list[dict], predictions_dir) -> tuple[list[
     return scores, errors
 
 
-def BAD_ROWS(good_rows: list[dict]) -> list[dict]:  # noqa: N802 - the online twin of each BAD case
+def BAD_ROWS(good_rows: list[dict]) -> list[dict]:  # the online twin of each BAD case
     out = []
     for i, (field, _cell, sent) in enumerate(BAD):
         row = {**good_rows[i], "session_id": f"bad-{i}", field: sent}
