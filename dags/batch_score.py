@@ -2,6 +2,7 @@
 ### batch_score: score a whole table offline with a registered model version, as `/predict` would
 
 `plan` ─► `score` (one mapped task per partition: a CSV file or a range of Parquet row groups) ─► `finalize`
+(one per dataset scored; `per_dataset` groups the partitions for it)
 
 Runs on demand (UI form, REST `POST /api/v2/dags/batch_score/dagRuns` with conf
 `{dataset, source, model_version, output}`):
@@ -12,9 +13,15 @@ Runs on demand (UI form, REST `POST /api/v2/dags/batch_score/dagRuns` with conf
   schema's rules (a bad row goes to `rejects/` with the same message the online 422 gives, the
   rest is scored), and writes `scores/part-N.parquet` whole (temp then rename/copy): a retry never
   leaves half a file or a duplicate; progress (rows/s, ETA) in the log;
-* **finalize** checks every partition is committed, writes `_manifest.json` (rows in, scored,
+* **finalize** (one per dataset) checks every partition is committed, writes `_manifest.json` (rows in, scored,
   rejected with reasons, score histogram), logs it as an MLflow run linked to the model version
   (experiment `batch-scoring`) and emits the `batch_predictions` Asset.
+
+**Scheduled scoring** is opt-in per dataset, in `include/policies/batch_<dataset>.yaml`
+(`on_new_data`: every new revision from `ingest`; `on_promotion`: after every promotion by
+`deploy`). The DAG is scheduled on those Assets only when some policy asks; a triggered run
+scores each dataset whose policy wants that event and logs why it skips the others. Without a
+policy nothing runs by itself.
 
 `lineage --batch-run <run>` traces a run (and `--key` one of its rows) back to the model version,
 its data and code. A bad dataset, an unknown version or alias, or a source with nothing to score
@@ -27,6 +34,7 @@ import pendulum
 from airflow.sdk import Metadata, Param, dag, task
 
 from include.assets import BATCH_PREDICTIONS
+from include.batch.triggers import schedule
 from include.catalog import dataset_names
 
 DATASETS = dataset_names()
@@ -34,7 +42,7 @@ DATASETS = dataset_names()
 
 @dag(
     dag_id="batch_score",
-    schedule=None,
+    schedule=schedule(DATASETS),
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
     doc_md=__doc__,
@@ -64,13 +72,14 @@ DATASETS = dataset_names()
 )
 def batch_score():
     @task(multiple_outputs=False)
-    def plan(params=None, dag_run=None) -> list[dict]:
-        from include.batch import BatchInputError, plan
+    def plan(params=None, dag_run=None, triggering_asset_events=None) -> list[dict]:
+        from include.batch import BatchInputError, plan_jobs
         from include.batch.sources import SourceError
+        from include.batch.triggers import requested
         from include.failfast import fail_fast
 
-        with fail_fast(BatchInputError, SourceError):
-            return plan(params, dag_run.run_id)
+        with fail_fast(BatchInputError, SourceError, ValueError):
+            return plan_jobs(requested(params, triggering_asset_events), dag_run.run_id)
 
     @task(multiple_outputs=False, map_index_template="{{ partition_label }}")
     def score(part: dict) -> dict:
@@ -82,17 +91,27 @@ def batch_score():
         stats = score_partition(part)
         return {k: stats[k] for k in ("index", "rows_in", "scored", "rejected", "superseded")}
 
-    @task(outlets=[BATCH_PREDICTIONS])
+    @task(multiple_outputs=False)
+    def per_dataset(parts: list[dict]) -> list[list[dict]]:
+        from include.batch import by_output
+
+        return by_output(list(parts))
+
+    # one per dataset scored (a scheduled run may score several): one Asset event each
+    @task(outlets=[BATCH_PREDICTIONS], map_index_template="{{ job_dataset }}")
     def finalize(parts: list[dict], scored: list[dict]):
+        from airflow.sdk import get_current_context
+
         from include.batch import finalize, manifest_extra
 
+        get_current_context()["job_dataset"] = parts[0]["dataset"]
         manifest = finalize(list(parts))
         print(f"batch run {manifest['batch_run_id']}: {manifest['scored']} scored, {manifest['rejected']} rejected "
               f"of {manifest['rows_in']} by {manifest['model']} v{manifest['version']} -> {manifest['output']}")
         yield Metadata(BATCH_PREDICTIONS, manifest_extra(manifest))
 
     parts = plan()
-    finalize(parts, score.expand(part=parts))
+    finalize.partial(scored=score.expand(part=parts)).expand(parts=per_dataset(parts))
 
 
 batch_score()

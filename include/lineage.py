@@ -115,17 +115,23 @@ def trace_prediction(request_id: str, *, model: str | None = None) -> dict:
             "lineage": [model_lineage(model, v) for v in versions]}
 
 
-def trace_batch(batch_run: str, *, key: str | None = None) -> dict:
+def trace_batch(batch_run: str, *, key: str | None = None, dataset: str | None = None) -> dict:
     """A batch scoring run (by its batch run id or DAG run id): its manifest, the lineage of the
-    model version that scored it and, with ``key``, that row's prediction and/or rejection."""
-    from include.batch.job import MANIFEST, PLAN, batch_run_id, find_run
+    model version that scored it and, with ``key``, that row's prediction and/or rejection.
+
+    A scheduled run may score several datasets: then ``dataset`` says which one."""
+    from include.batch.job import MANIFEST, PLAN, batch_run_id, find_runs
     from include.batch.sources import filesystem, join, read_text
 
     bid = batch_run_id(batch_run)
-    run = find_run(bid)
-    if run is None:
-        raise LineageError(f"no batch scoring run {batch_run!r} in MLflow (experiment 'batch-scoring'); "
-                           "a run is recorded when its finalize task succeeds")
+    runs = find_runs(bid, dataset)
+    if not runs:
+        raise LineageError(f"no batch scoring run {batch_run!r}{f' of dataset {dataset}' if dataset else ''} in "
+                           "MLflow (experiment 'batch-scoring'); a run is recorded when its finalize task succeeds")
+    if len(runs) > 1:
+        names = sorted(r.data.tags.get("dataset", "?") for r in runs)
+        raise LineageError(f"batch run {batch_run!r} scored several datasets {names}: name one with --dataset")
+    run = runs[0]
     output = run.data.tags["output"]
     fs, base = filesystem(output)
     manifest = json.loads(read_text(fs, join(base, MANIFEST)) or read_text(fs, join(base, PLAN)) or "{}")
@@ -157,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     group.add_argument("--model-version", help="a registered model version")
     group.add_argument("--batch-run", help="a batch_score run: its DAG run id (or the batch run id of its output)")
     ap.add_argument("--key", default=None, help="with --batch-run: one row's key (its score or its rejection)")
+    ap.add_argument("--dataset", default=None,
+                    help="with --batch-run: the dataset, when the run scored several (a scheduled run may)")
     ap.add_argument("--model", default=None,
                     help="registered model name (default: every model for --request-id; the only dataset's "
                          "model for --model-version)")
@@ -166,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.batch_run:
         try:
-            out = trace_batch(args.batch_run, key=args.key)
+            out = trace_batch(args.batch_run, key=args.key, dataset=args.dataset)
         except LineageError as err:
             print(f"lineage: {err}", file=sys.stderr)
             return 2

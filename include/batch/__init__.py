@@ -6,6 +6,9 @@
   the online 422 message) and framed as the model server frames a request;
 * :mod:`include.batch.job` - plan (model version resolved once) -> score partitions (mapped) ->
   finalize (manifest + MLflow run), each step safe to retry or re-run.
+* :mod:`include.batch.fastpath` - the vectorised scoring of HistGradientBoosting pipelines, equal
+  bit for bit to their own predict;
+* :mod:`include.batch.triggers` - the per-dataset policy for scheduled runs (new data, promotion).
 
 Heavy imports (pandas, pyarrow, sklearn, mlflow) live in the submodules: importing this package
 is cheap.
@@ -13,7 +16,7 @@ is cheap.
 
 from __future__ import annotations
 
-__all__ = ["plan", "score_partition", "finalize", "run", "manifest_extra", "label", "BatchInputError"]
+__all__ = ["plan", "plan_jobs", "by_output", "score_partition", "finalize", "run", "manifest_extra", "label", "BatchInputError"]
 
 
 def __getattr__(name: str):

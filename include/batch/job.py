@@ -114,12 +114,31 @@ def plan(params: dict, run_id: str) -> list[dict]:
         p = {"batch_run_id": bid, "run_id": run_id, "dataset": dataset, "model": spec.model_name,
              "version": version, "version_chosen_by": chosen, "source": source, **data, "output": out,
              "chunk_rows": int(params.get("chunk_rows") or 100_000), "partitions": parts,
+             "trigger": params.get("trigger") or ["manual or REST"],
              "planned_at": datetime.now(UTC).isoformat(timespec="seconds")}
         sources.write_text_atomic(fs, sources.join(base, PLAN), json.dumps(p, indent=2))
         log.info("batch run %s: %s v%s (%s), %d partitions of %s", bid, p["model"], version, chosen,
                  len(parts), source)
     common = {k: p[k] for k in ("batch_run_id", "run_id", "dataset", "model", "version", "output", "chunk_rows")}
     return [{**common, **part, "index": i, "count": len(p["partitions"])} for i, part in enumerate(p["partitions"])]
+
+
+def plan_jobs(jobs: list[dict], run_id: str) -> list[dict]:
+    """:func:`plan` each job of a run (one per dataset): the partitions of all of them."""
+    parts = [p for job in jobs for p in plan(job, run_id)]
+    if len(parts) > 1000:
+        raise BatchInputError(f"{len(parts)} partitions in all: raise partition_rows (Airflow maps at most 1024)")
+    if not parts:
+        log.info("nothing to score in this run")
+    return parts
+
+
+def by_output(parts: list[dict]) -> list[list[dict]]:
+    """The partitions of each job (dataset) of a run, in plan order: what one finalize step takes."""
+    groups: dict[str, list[dict]] = {}
+    for part in parts:
+        groups.setdefault(part["output"], []).append(part)
+    return list(groups.values())
 
 
 def _fingerprint(part: dict) -> str:
@@ -195,11 +214,11 @@ def _score_partition(part: dict, fs, scores_path: str, rejects_path: str, fp: st
 
     from include.batch.rows import ChunkValidator
     from include.spec import load_spec
-    from include.training import predict_scores
 
     spec = load_spec(part["dataset"])
     validator = ChunkValidator(spec)
     model = _model(part["model"], part["version"])
+    score_chunk = _chunk_scorer(model, spec, validator)
     classes = list(model.classes_) if spec.task == "classification" else None
     edges = _hist_edges(spec)
     superseded = sources.superseded_keys(part, spec.key)
@@ -224,8 +243,12 @@ def _score_partition(part: dict, fs, scores_path: str, rejects_path: str, fp: st
              "score_min": None, "score_max": None, "score_sum": 0.0}
     progress, malformed = sources.Progress(), []
     t0 = last = time.monotonic()
+    # dictionaries only where values repeat: on the unique keys, scores and row numbers they cost
+    # half the write time for nothing
+    repeated = [*consts, *(["label"] if classes is not None else [])]
     with fs.open_output_stream(tmp_scores) as s_out, fs.open_output_stream(tmp_rejects) as r_out, \
-            pq.ParquetWriter(s_out, score_schema) as s_w, pq.ParquetWriter(r_out, reject_schema) as r_w:
+            pq.ParquetWriter(s_out, score_schema, use_dictionary=repeated) as s_w, \
+            pq.ParquetWriter(r_out, reject_schema) as r_w:
         for offset, batch in sources.read_chunks(part, text_columns=validator.text_columns(),
                                                  chunk_rows=part["chunk_rows"], progress=progress, malformed=malformed):
             n = batch.num_rows
@@ -242,7 +265,7 @@ def _score_partition(part: dict, fs, scores_path: str, rejects_path: str, fp: st
                 _write_rejects(r_w, reject_schema, part["source"], rows, keys, checked, batch, stats)
             ok_idx = pa.array(np.flatnonzero(checked.ok))
             if len(ok_idx):
-                scores = np.asarray(predict_scores(model, validator.frame(checked), spec), dtype=np.float64)
+                scores = score_chunk(checked, ok_idx)
                 cols = {spec.key: keys.take(ok_idx), "score": pa.array(scores)}
                 if classes is not None:
                     lab = np.where(scores >= 0.5, classes[1], classes[0])
@@ -250,7 +273,7 @@ def _score_partition(part: dict, fs, scores_path: str, rejects_path: str, fp: st
                     for c in classes:
                         stats["labels"][str(c)] = stats["labels"].get(str(c), 0) + int((lab == c).sum())
                 m = len(ok_idx)
-                cols.update({k: pa.array([v] * m, pa.string()) for k, v in consts.items()})
+                cols.update({k: pa.repeat(pa.scalar(v, pa.string()), m) for k, v in consts.items()})
                 cols["row"] = pa.array(rows[checked.ok])
                 s_w.write_table(pa.table(cols, schema=score_schema))
                 _add_scores(stats, scores, edges)
@@ -269,6 +292,27 @@ def _score_partition(part: dict, fs, scores_path: str, rejects_path: str, fp: st
     crash_point("batch.after_commit")
     _log_progress(part, stats, progress, time.monotonic() - t0, final=True)
     return stats
+
+
+def _chunk_scorer(model, spec, validator):
+    """scores(checked chunk, indices of its ok rows): the fast path when the pipeline allows it
+    (:mod:`include.batch.fastpath`, equal bit for bit), else ``predict_scores`` on the framed rows."""
+    from include.batch.fastpath import scorer
+    from include.config import env_number
+    from include.training import predict_scores
+
+    def slow(checked, ok_idx) -> np.ndarray:
+        return np.asarray(predict_scores(model, validator.frame(checked), spec), dtype=np.float64)
+
+    fast = scorer(model, spec) if env_number("MLOPS_BATCH_FASTPATH", 1) else None
+    log.info("scoring with %s", "the vectorised fast path" if fast else "the model's own predict")
+    if fast is None:
+        return slow
+
+    def score(checked, ok_idx) -> np.ndarray:
+        return fast.scores(fast.matrix(checked.columns, ok_idx, lambda: validator.frame(checked)))
+
+    return score
 
 
 def _add_scores(stats: dict, scores: np.ndarray, edges: np.ndarray | None) -> None:
@@ -390,6 +434,7 @@ def _aggregate(plan_: dict, stats: list[dict]) -> dict:
     return {
         **{k: plan_[k] for k in ("batch_run_id", "run_id", "dataset", "model", "version", "version_chosen_by",
                                  "source", "data_rev", "data_md5", "output")},
+        "trigger": plan_.get("trigger"),
         **total,
         "partitions": len(stats),
         "reject_reasons": dict(sorted(reasons.items(), key=lambda kv: -kv[1])),
@@ -402,12 +447,18 @@ def _aggregate(plan_: dict, stats: list[dict]) -> dict:
     }
 
 
-def find_run(batch_id: str):
-    """The MLflow run of a batch run id (None if it has none yet)."""
+def find_runs(batch_id: str, dataset: str | None = None) -> list:
+    """The MLflow runs of a batch run id (one per dataset it scored; [] before finalize)."""
     from include.tracking import client, configure_mlflow
 
     exp_id = configure_mlflow(EXPERIMENT)
-    runs = client().search_runs([exp_id], filter_string=f"tags.batch_run_id = '{batch_id}'", max_results=5)
+    query = f"tags.batch_run_id = '{batch_id}'" + (f" and tags.dataset = '{dataset}'" if dataset else "")
+    return client().search_runs([exp_id], filter_string=query, max_results=50)
+
+
+def find_run(batch_id: str, dataset: str | None = None):
+    """The MLflow run of a batch run id and dataset (None if it has none yet)."""
+    runs = find_runs(batch_id, dataset)
     return runs[0] if runs else None
 
 
@@ -416,7 +467,7 @@ def _log_run(plan_: dict, manifest: dict) -> str:
     from include.tracking import client, configure_mlflow, with_retry
 
     c = client()
-    existing = find_run(plan_["batch_run_id"])
+    existing = find_run(plan_["batch_run_id"], plan_["dataset"])
     if existing is not None and existing.info.status == "FINISHED":
         return existing.info.run_id
     exp_id = configure_mlflow(EXPERIMENT)
@@ -447,7 +498,7 @@ def run(params: dict, run_id: str) -> dict:
 
 def manifest_extra(manifest: dict) -> dict:
     """What the ``batch_predictions`` Asset event carries: the manifest minus bulky parts."""
-    keep = ("dataset", "model", "version", "batch_run_id", "run_id", "source", "data_rev", "output", "rows_in",
+    keep = ("dataset", "model", "version", "batch_run_id", "run_id", "trigger", "source", "data_rev", "output", "rows_in",
             "scored", "rejected", "superseded", "reject_reasons", "labels", "score", "mlflow_run_id")
     extra: dict[str, Any] = {k: manifest.get(k) for k in keep}
     extra["reject_reasons"] = dict(list((manifest.get("reject_reasons") or {}).items())[:10])

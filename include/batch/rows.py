@@ -223,16 +223,25 @@ def _outside(arr: pa.Array, f: _Field) -> pa.Array:
     return bad
 
 
+# Dates that pydantic's datetime certainly accepts: ISO 8601 with a valid month, a day that every
+# month has, a valid time and offset. Anything else (days 29-31, other layouts) goes to pydantic.
+_PLAIN_ISO = (r"^[1-9][0-9]{3}-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]"
+              r"(\.[0-9]{1,6})?(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])?$")
+
+
 def _datetime_failures(schema: RequestSchema, name: str, arr: pa.Array) -> np.ndarray:
     from pydantic import TypeAdapter, ValidationError
 
+    plain = pc.fill_null(pc.match_substring_regex(arr, _PLAIN_ISO), True).to_numpy(zero_copy_only=False)
+    bad = np.zeros(len(arr), dtype=bool)
+    others = np.flatnonzero(~plain)
+    if not len(others):
+        return bad
     info = next(fi for fi in schema.row.model_fields.values() if (fi.alias or "") == name)
-    values = arr.to_pylist()
-    bad = np.zeros(len(values), dtype=bool)
     try:
-        TypeAdapter(list[info.rebuild_annotation()]).validate_python(values)
+        TypeAdapter(list[info.rebuild_annotation()]).validate_python(arr.take(pa.array(others)).to_pylist())
     except ValidationError as err:
         for e in err.errors(include_url=False):
             if e["loc"] and isinstance(e["loc"][0], int):
-                bad[e["loc"][0]] = True
+                bad[others[e["loc"][0]]] = True
     return bad
