@@ -172,16 +172,14 @@ class DockerBackend:
         return self._api
 
     def build(self, model: str, version: str) -> str:
-        """Build (or reuse: the tag is a content hash, the layers are cached) the serving image and
+        """Build (or reuse: the tag is a content hash) the serving image through the Docker API and
         tag it for the model version, so `docker images` shows what each version ran on."""
-        proc = subprocess.run(
-            [str(PROJECT_ROOT / "tools" / "build_serving_image.sh")],
-            capture_output=True, text=True, cwd=PROJECT_ROOT,
-            env={**os.environ, "BASE_IMAGE": self.s.serving_base_image, "PYTHON": sys.executable},
-        )
-        if proc.returncode != 0:
-            raise DeployError(f"building the serving image failed:\n{(proc.stdout + proc.stderr)[-3000:]}")
-        image = proc.stdout.strip().splitlines()[-1]
+        from include.serving.image import ImageBuildError, build_serving_image
+
+        try:
+            image = build_serving_image(self.api, self.s.serving_base_image)
+        except ImageBuildError as err:
+            raise DeployError(str(err)) from err
         repo = f"{SERVING_IMAGE}-{model}".lower()
         self.api.tag(image, repo, tag=f"v{version}")
         log.info("serving image %s tagged %s:v%s", image, repo, version)
