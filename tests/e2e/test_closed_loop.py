@@ -16,6 +16,7 @@ import pytest
 
 from include.demo import serve_batch
 from include.demo_data import make_batch, write_batch
+from tests.dagrun import run_dag, task_states
 from tests.services import SESSIONS_MODEL, serving_env
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -39,14 +40,8 @@ def loop_env(airflow_db, state, monkeypatch, tmp_path):
 
 
 def _run(dag_id: str, conf: dict | None = None):
-    from airflow.dag_processing.dagbag import DagBag
-
-    from include.config import PROJECT_ROOT
-
-    dag = DagBag(dag_folder=str(PROJECT_ROOT / "dags")).get_dag(dag_id)
-    dr = dag.test(run_conf=conf or {})
-    states = {f"{ti.task_id}[{ti.map_index}]": str(ti.state) for ti in dr.get_task_instances()}
-    return dr, states
+    dr = run_dag(dag_id, conf or {})
+    return dr, task_states(dr)
 
 
 def _version_with_alias(alias: str) -> str | None:

@@ -101,11 +101,9 @@ def BAD_ROWS(good_rows: list[dict]) -> list[dict]:  # the online twin of each BA
 
 
 def test_batch_score_dag_scores_like_the_server_and_rejects_like_it(airflow_db, state, tmp_path):
-    from airflow.dag_processing.dagbag import DagBag
-
-    from include.config import PROJECT_ROOT
     from include.spec import load_spec
     from include.training import load_model, predict_scores
+    from tests.dagrun import run_dag
 
     model = _champion(state)
     spec = load_spec("sessions")
@@ -118,9 +116,8 @@ def test_batch_score_dag_scores_like_the_server_and_rejects_like_it(airflow_db, 
     extra = make_batch(9, 5).assign(coupon="X")  # a column /predict does not know: every row rejected
     write_batch(extra, src / "extra.csv")
 
-    dag = DagBag(dag_folder=str(PROJECT_ROOT / "dags")).get_dag("batch_score")
-    dr = dag.test(run_conf={"dataset": "sessions", "source": str(src / "*"), "partition_rows": 1000,
-                            "chunk_rows": 400})
+    dr = run_dag("batch_score", {"dataset": "sessions", "source": str(src / "*"), "partition_rows": 1000,
+                                 "chunk_rows": 400})
     states = {(ti.task_id, ti.map_index): str(ti.state) for ti in dr.get_task_instances()}
     assert set(states.values()) == {"success"}, states
     assert sum(1 for t, _ in states if t == "score") == 5  # 3 row-group ranges + 2 CSV files

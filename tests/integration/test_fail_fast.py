@@ -10,17 +10,13 @@ from pathlib import Path
 import pytest
 
 from include.demo_data import make_batch, write_batch
+from tests.dagrun import run_dag
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def _run(dag_id: str, conf: dict):
-    from airflow.dag_processing.dagbag import DagBag
-
-    from include.config import PROJECT_ROOT
-
-    dag = DagBag(dag_folder=str(PROJECT_ROOT / "dags")).get_dag(dag_id)
-    dr = dag.test(run_conf=conf)
+    dr = run_dag(dag_id, conf)
     return dr, {ti.task_id: ti for ti in dr.get_task_instances()}
 
 

@@ -235,16 +235,15 @@ def test_too_few_unseen_rows_is_insufficient_not_judged(visits, tmp_path):
 
 
 def test_the_train_dag_passes_allow_stale_data_to_the_gate_and_the_audit_names_the_run(airflow_db, state, visits):
-    from airflow.dag_processing.dagbag import DagBag
+    from tests.dagrun import run_dag
 
     spec, (rev1, rev2) = visits
     v1 = _train(spec, rev2, family="logreg", run_key="current")
     evaluate_and_decide(MODEL, v1["version"], dataset="visits")
     _crown(v1["version"])
 
-    dag = DagBag(dag_folder=str(PROJECT_ROOT / "dags")).get_dag("train")
-    dr = dag.test(run_conf={"dataset": "visits", "data_rev": rev1.dvc_rev, "family": "logreg",
-                            "reason": "reproduce", "allow_stale_data": True})
+    dr = run_dag("train", {"dataset": "visits", "data_rev": rev1.dvc_rev, "family": "logreg",
+                           "reason": "reproduce", "allow_stale_data": True})
     assert str(dr.state) == "success"
     last = read_audit(state.reports_dir / "audit.jsonl")[-1]
     assert last["version"] == "2" and last["trigger"]["dag_run_id"] == dr.run_id

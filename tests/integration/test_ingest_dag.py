@@ -10,16 +10,9 @@ from pathlib import Path
 import pytest
 
 from include.demo_data import make_batch, write_batch
+from tests.dagrun import run_dag, task_states
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-
-def _dag(dag_id):
-    from airflow.dag_processing.dagbag import DagBag
-
-    from include.config import PROJECT_ROOT
-
-    return DagBag(dag_folder=str(PROJECT_ROOT / "dags")).get_dag(dag_id)
 
 
 def _commits(repo: Path) -> list[str]:
@@ -41,15 +34,11 @@ def _asset_events(run_id: str) -> list[dict]:
         return [dict(e.extra) for e in session.query(AssetEvent).filter(AssetEvent.source_run_id == run_id)]
 
 
-def _states(dr) -> dict[str, str]:
-    return {f"{ti.task_id}[{ti.map_index}]": str(ti.state) for ti in dr.get_task_instances()}
-
-
 def test_good_batch_lands_emits_asset_and_rerun_is_noop(airflow_db, state):
     landing = Path(state.landing) / "sessions"
     write_batch(make_batch(0, 2000), landing / "day0.csv")
-    dr = _dag("ingest").test()
-    assert str(dr.state) == "success", _states(dr)
+    dr = run_dag("ingest")
+    assert str(dr.state) == "success", task_states(dr)
     repo = Path(state.data_repo)
     commits = _commits(repo)
     assert len(commits) == 2  # init + the batch
@@ -66,8 +55,8 @@ def test_good_batch_lands_emits_asset_and_rerun_is_noop(airflow_db, state):
 
     # the same batch landed again: no new commit, no asset event
     write_batch(make_batch(0, 2000), landing / "day0-again.csv")
-    dr2 = _dag("ingest").test()
-    assert str(dr2.state) == "success", _states(dr2)
+    dr2 = run_dag("ingest")
+    assert str(dr2.state) == "success", task_states(dr2)
     assert _commits(repo) == commits
     assert _asset_events(dr2.run_id) == []
 
@@ -75,16 +64,16 @@ def test_good_batch_lands_emits_asset_and_rerun_is_noop(airflow_db, state):
 def test_bad_batch_is_quarantined_and_nothing_changes(airflow_db, state):
     landing = Path(state.landing) / "sessions"
     write_batch(make_batch(0, 1000), landing / "good.csv")
-    _dag("ingest").test()
+    run_dag("ingest")
     repo, remote = Path(state.data_repo), Path(state.dvc_remote)
     before_commits, before_remote = _commits(repo), _remote_files(remote)
 
     bad = make_batch(1, 1000)
     bad.loc[:30, "pages_viewed"] = -5
     write_batch(bad, landing / "bad.csv")
-    dr = _dag("ingest").test()
+    dr = run_dag("ingest")
     assert str(dr.state) == "failed"
-    states = _states(dr)
+    states = task_states(dr)
     assert states["validate[0]"] == "failed" and states["commit[-1]"] == "skipped", states
     assert states["report[-1]"] == "upstream_failed", states  # the run fails through it, with no error of its own
     assert _commits(repo) == before_commits
@@ -173,7 +162,7 @@ def test_the_demo_leaves_nothing_queued_for_a_later_scheduler(airflow_db, state)
     from include.demo import leave_nothing_queued
 
     write_batch(make_batch(0, 500), Path(state.landing) / "sessions" / "day0.csv")
-    assert str(_dag("ingest").test().state) == "success"
+    assert str(run_dag("ingest").state) == "success"
     with create_session() as session:
         assert session.query(AssetDagRunQueue).filter(AssetDagRunQueue.target_dag_id == "train").count() == 1
     leave_nothing_queued()

@@ -167,12 +167,9 @@ def test_record_points_push_a_quarantine_and_write_the_targets(pushing, state, m
 def test_a_failed_dag_run_is_pushed_by_the_listener(pushing, airflow_db, state):
     """plugins/mlops_metrics.py: Airflow calls the listener when a run ends (a real dag.test run of
     `train` that fails at once: no dataset has data yet)."""
-    from airflow.dag_processing.dagbag import DagBag
+    from tests.dagrun import run_dag
 
-    from include.config import PROJECT_ROOT
-
-    dag = DagBag(dag_folder=str(PROJECT_ROOT / "dags")).get_dag("train")
-    dr = dag.test(run_conf={"reason": "test"})
+    dr = run_dag("train", {"reason": "test"})
     assert str(dr.state) == "failed"
     m = scraped(pushing)
     when = only(m["mlops_dag_run_failure_timestamp_seconds"], job="mlops_dag_runs", dag_id="train")
