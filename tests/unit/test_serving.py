@@ -1,4 +1,4 @@
-"""The model server (include/serving/app.py) and its prediction log (include/serving/predlog.py).
+"""The model server (include/serving/: app, schema, batcher, routes) and its prediction log (include/serving/predlog.py).
 
 Most tests run the app in-process (FastAPI TestClient, lifespan included) around a real model:
 a small pipeline trained and registered with include.training into a throw-away MLflow store
