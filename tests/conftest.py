@@ -99,3 +99,49 @@ def s3_bucket(s3_server, monkeypatch, request):
     name = "mlops-" + request.node.name.lower().replace("_", "-")[:40]
     boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket=name)
     return name
+
+
+# ------------------------------------------------------------------ the MLOps page's live stack
+# One live Airflow with a short real loop on it (tests/integration/mlops_loop.py) serves both the
+# page's API tests (tests/integration/test_mlops_plugin.py) and its browser test (tests/ui/): it is
+# started once, those tests run back to back, and it stops after the last of them, not at the end
+# of the session (a live Airflow would slow every test after it on a small CI machine).
+MLOPS_LOOP_FIXTURE = "mlops_loop"
+_mlops_loop: dict = {}
+
+
+@pytest.fixture(scope="session")
+def mlops_loop(tmp_path_factory):
+    """(live, facts): the live stack and what its loop recorded (see mlops_loop.run_short_loop)."""
+    from contextlib import ExitStack
+
+    from tests.integration.mlops_loop import loop_stack
+
+    if "value" not in _mlops_loop:
+        stack = ExitStack()
+        _mlops_loop["stack"] = stack
+        _mlops_loop["value"] = stack.enter_context(loop_stack(tmp_path_factory.mktemp("mlops-loop")))
+    yield _mlops_loop["value"]
+    _close_mlops_loop()
+
+
+def _close_mlops_loop() -> None:
+    stack = _mlops_loop.pop("stack", None)
+    if stack is not None:
+        stack.close()
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(session, config, items):
+    users = [i for i in items if MLOPS_LOOP_FIXTURE in getattr(i, "fixturenames", ())]
+    if users:
+        first = items.index(users[0])
+        rest = [i for i in items if i not in users]
+        items[:] = rest[:first] + users + rest[first:]
+        _mlops_loop["last"] = users[-1]
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_teardown(item, nextitem):
+    if item is _mlops_loop.get("last"):
+        _close_mlops_loop()

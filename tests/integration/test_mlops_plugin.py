@@ -1,6 +1,7 @@
 """The MLOps page's API (plugins/mlops_plugin.py -> include/ui/app.py) on a real Airflow API server
 (`airflow standalone`, tests/e2e/live.py) with real records from a short loop (land, ingest, train,
-deploy, predict: tests/integration/mlops_loop.py): each endpoint's content, the auth refusal, and
+a failed deploy rolled back, deploy, predict, drift check: tests/integration/mlops_loop.py; the same
+stack as the browser test, the session fixture `mlops_loop`): each endpoint's content, the auth refusal, and
 MLflow down -> a clear "unavailable" within the timeout (a second API server on the same Airflow
 whose MLflow is a socket that never answers)."""
 
@@ -12,8 +13,8 @@ import time
 import httpx
 import pytest
 
-from tests.e2e.live import VENV_BIN, _kill, _spawn, live_stack
-from tests.integration.mlops_loop import DATASET, LOOP_DAGS, MODEL, run_short_loop
+from tests.e2e.live import VENV_BIN, _kill, _spawn
+from tests.integration.mlops_loop import DATASET, MODEL, SERVED_ROWS
 from tests.services import free_port, wait_http
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -24,14 +25,10 @@ ENDPOINTS = ("/mlops/", "/mlops/api/overview", f"/mlops/api/models/{MODEL}/versi
 
 
 @pytest.fixture(scope="module")
-def loop(tmp_path_factory):
-    state = tmp_path_factory.mktemp("mlops-plugin")
-    with live_stack("embedded", state, dag_ids=LOOP_DAGS,
-                    extra_env={"AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True"}) as live:
-        facts = run_short_loop(live)
-        print(f"[mlops-plugin] short loop (ingest, train, deploy, predict) took {facts['loop_s']} s")
-        with live.client() as c:
-            yield live, c, facts
+def loop(mlops_loop):
+    live, facts = mlops_loop
+    with live.client() as c:
+        yield live, c, facts
 
 
 def test_every_endpoint_refuses_a_request_without_a_valid_token(loop):
@@ -93,18 +90,32 @@ def test_timeline_newest_first_with_the_users_and_a_dataset_filter(loop):
     _, c, facts = loop
     events = c.get("/mlops/api/timeline", params={"dataset": DATASET}).json()["events"]
     kinds = [e["kind"] for e in events]
-    assert {"ingest", "trained", "gate", "deploy"} <= set(kinds), kinds
-    assert kinds.index("deploy") < kinds.index("gate") < kinds.index("ingest")  # newest first
+    assert {"ingest", "trained", "gate", "rollback", "deploy", "drift_check"} <= set(kinds), kinds
+    # newest first
+    assert kinds.index("drift_check") < kinds.index("deploy") < kinds.index("rollback") < kinds.index("gate") \
+        < kinds.index("ingest")
     deploy = next(e for e in events if e["kind"] == "deploy")
     assert deploy["detail"]["trigger"]["user"] == "admin" and deploy["detail"]["trigger"]["dag_run_id"] == facts["deploy_run"]
     assert "by admin" in deploy["summary"]
+    # the failed deploy's rollback, recorded by the deploy DAG's rollback task with who triggered it
+    rollback = next(e for e in events if e["kind"] == "rollback")
+    assert rollback["detail"]["trigger"]["dag_run_id"] == facts["failed_deploy_run"]
+    assert rollback["detail"]["by"] == "admin" and rollback["summary"].endswith(" by admin")
+    assert f"{MODEL} v{facts['version']} rolled back: a deploy step failed" in rollback["summary"]
     assert c.get("/mlops/api/timeline", params={"dataset": "deliveries"}).json()["events"] == []
     assert c.get("/mlops/api/timeline", params={"dataset": "nope"}).status_code == 404
 
 
-def test_drift_history_and_reports_stay_inside_the_reports_dir(loop):
-    _, c, _ = loop
-    assert c.get("/mlops/api/drift", params={"dataset": DATASET}).json() == {"dataset": DATASET, "checks": []}
+def test_drift_history_serves_the_evidently_report_and_nothing_outside_the_reports_dir(loop):
+    live, c, facts = loop
+    checks = c.get("/mlops/api/drift", params={"dataset": DATASET}).json()["checks"]
+    mine = [ch for ch in checks if ch["n_current"] == SERVED_ROWS]  # (a scheduled check may be there too)
+    assert mine and str(mine[0]["model_version"]) == facts["version"] and mine[0]["report"], checks
+    report = c.get("/mlops/api/drift/report", params={"path": mine[0]["report"]})
+    assert report.status_code == 200 and report.headers["content-type"].startswith("text/html")
+    # the check's own Evidently HTML, byte for byte (its text is a minified bundle: nothing to grep)
+    assert report.content == (live.state_dir / "reports" / "drift" / mine[0]["report"]).read_bytes()
+    assert c.get("/mlops/api/drift", params={"dataset": "deliveries"}).json()["checks"] == []
     for bad in ("../audit.jsonl", "/etc/passwd", "../../../../etc/hostname"):
         assert c.get("/mlops/api/drift/report", params={"path": bad}).status_code == 404
 

@@ -1,4 +1,5 @@
-"""ui fixtures: one live embedded Airflow per module (tests/e2e/live.py), a fresh headless Chromium
+"""ui fixtures: one live embedded Airflow per module (tests/e2e/live.py; the MLOps page's test uses
+the session's `mlops_loop` stack of tests/conftest.py instead), a fresh headless Chromium
 per test, and a screenshot + the page's HTML saved for every failed browser test."""
 
 from __future__ import annotations
@@ -18,14 +19,18 @@ DAG_IDS = tuple(sorted(p.stem for p in (ROOT / "dags").glob("*.py") if not p.nam
 ARTIFACTS = Path(os.environ.get("MLOPS_TEST_ARTIFACTS", ROOT / "test-artifacts")) / "ui"
 
 
-@pytest.fixture(scope="module")
-def live_ui(tmp_path_factory):
-    """A live `airflow standalone` whose DAGs start paused: each test unpauses the DAG it triggers,
-    so no schedule or Asset event starts runs the tests did not ask for."""
+def require_browser() -> None:
     reason = missing_browser()
     if reason:
         # CI installs the browser (.ci/run): there a missing one is a failure, not a skip
         (pytest.fail if os.environ.get("CI") else pytest.skip)(reason)
+
+
+@pytest.fixture(scope="module")
+def live_ui(tmp_path_factory):
+    """A live `airflow standalone` whose DAGs start paused: each test unpauses the DAG it triggers,
+    so no schedule or Asset event starts runs the tests did not ask for."""
+    require_browser()
     state = tmp_path_factory.mktemp("live-ui")
     with live_stack("embedded", state, dag_ids=DAG_IDS,
                     extra_env={"AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True"}) as live:
