@@ -321,7 +321,7 @@ def timeline(dataset: str | None = None, limit: int = TIMELINE_LIMIT) -> dict:
                     f"{rec.get('reason')}")
         else:
             what = (f"{rec.get('model')} v{rec.get('version')} " +
-                    ({"deploy": f"deployed (was v{rec.get('previous_champion')})",
+                    ({"deploy": f"deployed (was {'v' + str(rec['previous_champion']) if rec.get('previous_champion') else 'no champion'})",
                       "rollback": f"rolled back: {rec.get('reason')}; serving "
                                   f"{'v' + str(rec['serving']) if rec.get('serving') else 'nothing'}"}
                      .get(kind, json.dumps({k: v for k, v in rec.items() if k not in ('time', 'model', 'version')})[:300])))

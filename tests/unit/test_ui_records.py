@@ -36,4 +36,4 @@ def test_rollback_entries_name_the_user_who_triggered_them(state):
     assert "v2 rolled back: operator rollback; serving v1" in alice["summary"]
     assert carol["detail"]["by"] == "carol" and carol["summary"].endswith(" by carol")
     assert unattributed["detail"]["by"] is None and " by " not in unattributed["summary"]
-    assert deploy["summary"].endswith(" by bob")
+    assert deploy["summary"] == "sessions_purchase v2 deployed (was v1) by bob"
