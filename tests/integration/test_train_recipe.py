@@ -94,7 +94,7 @@ def test_train_dag_skips_the_gate_of_a_duplicate_and_force_overrides(airflow_db,
 
     dr1, s1 = run()
     assert str(dr1.state) == "success" and s1["gate"] == "success", s1
-    assert len(_versions()) == 1
+    assert len(_versions()) == 1 and _candidate_events(dr1.run_id) == 1
 
     # the same revision announced again (or a leftover queued run): nothing new, run succeeds
     dr2, s2 = run(reason="announced twice")
