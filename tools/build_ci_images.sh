@@ -64,7 +64,7 @@ mkdir -p "$WHEELS"
 wheel() { "$PYTHON" -m pip wheel -q --disable-pip-version-check --no-deps -r constraints.txt "setuptools>=68" wheel \
               -w "$WHEELS" "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2); }
 # a stamp of the lock it was made from: an unchanged lock skips even the offline check
-stamp=$(sha256sum constraints.txt | cut -c1-64)
+stamp=$( { sha256sum constraints.txt; declare -f wheel; } | sha256sum | cut -c1-64)
 if [[ "$(cat "$WHEELS/.lock-sha256" 2>/dev/null)" != "$stamp" ]]; then
     wheel --no-index --find-links "$WHEELS" >/dev/null 2>&1 || wheel
     echo "$stamp" >"$WHEELS/.lock-sha256"
@@ -75,8 +75,14 @@ say "wheelhouse: $(find "$WHEELS" -name '*.whl' | wc -l) wheels in $(elapsed "$t
 base_id=$(image_id "$BASE")
 stage airflow-base
 cp -al "$WHEELS" "$CTX/airflow-base/wheels" 2>/dev/null || cp -a "$WHEELS" "$CTX/airflow-base/wheels"
+# async-timeout: bookworm's CPython 3.11.2 is below 3.11.3, where redis requires it (the lock, made on
+# a newer 3.11, has none); without it pip's offline resolve in ./Dockerfile fails. A layer of its own.
+mkdir -p build/ci-extra-wheels
+compgen -G "build/ci-extra-wheels/async_timeout-*.whl" >/dev/null \
+    || "$PYTHON" -m pip download -q --no-deps --only-binary :all: async-timeout -d build/ci-extra-wheels
+cp -a build/ci-extra-wheels "$CTX/airflow-base/extra-wheels"
 # wheel file names carry name + version: hashing the listing is enough (and fast)
-build airflow-base "$CTX/airflow-base" "$(hash_of tools/ci_images/airflow-base "$base_id" "$(ls "$WHEELS" | sort)")" \
+build airflow-base "$CTX/airflow-base" "$(hash_of tools/ci_images/airflow-base "$base_id" "$(ls "$WHEELS" build/ci-extra-wheels | sort)")" \
     --build-arg "BASE_IMAGE=$BASE"
 
 airflow_base_id=$(image_id mlops-ci-airflow-base:local)
