@@ -46,13 +46,20 @@ class Traffic:
         return self.errors / self.requests if self.requests else 0.0
 
     def p99_ms(self) -> float | None:
-        """Upper bound of the bucket holding the 99th percentile (None without requests)."""
+        """The 99th percentile, interpolated linearly inside its histogram bucket as Prometheus'
+        ``histogram_quantile`` does (None without requests)."""
         total = max(self.buckets.values(), default=0.0)
         if total <= 0:
             return None
+        rank, lower, below = 0.99 * total, 0.0, 0.0
         for le in sorted(self.buckets):
-            if self.buckets[le] >= 0.99 * total:
-                return le * 1000.0
+            count = self.buckets[le]
+            if count >= rank:
+                if le == float("inf"):
+                    return lower * 1000.0
+                inside = count - below
+                return (lower + (le - lower) * ((rank - below) / inside if inside else 1.0)) * 1000.0
+            lower, below = le, count
         return None
 
 
@@ -181,7 +188,9 @@ def analyze(release: dict, policy: DeployPolicy, *, alive=lambda: True, clock=ti
     scores = _score_ks(release["instance"]["model"], release["instance"]["version"],
                        release["previous"]["version"], datetime.fromisoformat(release["started"]),
                        a.score_min_rows)
-    if scores.get("judged") and scores["ks"] > a.max_score_ks:
+    if a.max_score_ks is None:
+        scores = {**scores, "judged": False, "note": "max_score_ks unset in the policy: reported, not judged"}
+    elif scores.get("judged") and scores["ks"] > a.max_score_ks:
         reasons.append(f"canary scores differ from the champion's: KS {scores['ks']:.3f} > {a.max_score_ks} "
                        f"({scores['canary_rows']} vs {scores['champion_rows']} rows)")
     return Verdict(not reasons, reasons, _figures(canary), _figures(champion), scores, round(elapsed, 1))

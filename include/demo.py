@@ -14,9 +14,11 @@ not redeployed.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -115,6 +117,92 @@ def serve_batch(url: str, batch, chunk: int = 50) -> dict[str, int]:
     return versions
 
 
+class Traffic(threading.Thread):
+    """Sessions posted through the edge until stopped, as live users would (one row a request):
+    a canary is judged on this traffic. Counts rows per answering version and failures."""
+
+    def __init__(self, url: str, batch):
+        super().__init__(daemon=True)
+        from include.demo_data import as_requests
+
+        self.url, self.rows = url, as_requests(batch)
+        self.versions: dict[str, int] = {}
+        self.failed = 0
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        import httpx
+
+        with httpx.Client(timeout=30) as c:
+            i = 0
+            while not self._stop_event.is_set():
+                row = self.rows[i % len(self.rows)]
+                i += 1
+                try:
+                    try:
+                        r = c.post(f"{self.url}/predict", json={"instances": [row]})
+                    except (httpx.RemoteProtocolError, httpx.ReadError):  # keep-alive closed at a route change
+                        r = c.post(f"{self.url}/predict", json={"instances": [row]})
+                except httpx.HTTPError:
+                    self.failed += 1
+                    continue
+                if r.status_code != 200:
+                    self.failed += 1
+                    continue
+                v = r.json()["model_version"]
+                self.versions[v] = self.versions.get(v, 0) + 1
+
+    def stop(self) -> str:
+        self._stop_event.set()
+        self.join(timeout=30)
+        return f"{sum(self.versions.values())} requests answered by version {self.versions}, {self.failed} failed"
+
+
+def _deploy_under_traffic(s, version: str, traffic_batch, policy: dict | None = None) -> object:
+    """A deploy with users on the endpoint: the new version's canary is judged on their requests."""
+    traffic = Traffic(s.gateway_url, traffic_batch)
+    traffic.start()
+    try:
+        dr = _run("deploy", {"model": _model(), "version": version, **({"policy": policy} if policy else {})})
+    finally:
+        print(f"traffic during the deploy: {traffic.stop()}")
+    from include.deployment import read_audit
+
+    for rec in read_audit(s, _model()):
+        if rec.get("version") == str(version) and rec.get("event") in ("canary_analysis", "rolled_back") \
+                and (rec.get("trigger") or {}).get("dag_run_id") == dr.run_id:
+            if rec["event"] == "canary_analysis":
+                print(f"canary analysis of v{version} ({rec['weight']:.0%} of traffic, {rec['seconds']}s): "
+                      f"{'PASSED' if rec['passed'] else 'FAILED'}; canary {rec['canary']}, champion {rec['champion']}, "
+                      f"scores {rec['scores']}" + ("" if rec["passed"] else f"; reasons: {rec['reasons']}"))
+            else:
+                print(f"rolled back v{version} automatically: {rec['reason']}; serving v{rec['serving']}")
+    return dr
+
+
+def _deploy_a_bad_version(s) -> None:
+    """A version with a bug (labels flipped in its training data) deployed by hand: the champion
+    keeps serving while the canary's scores are compared, and the canary is rolled back."""
+    from include.demo_data import make_batch
+    from include.spec import load_spec
+    from include.training import train_and_register
+
+    spec = load_spec(DEMO_DATASET)
+    buggy = make_batch(14, 3000, seed=5)
+    buggy[spec.target] = 1 - buggy[spec.target]
+    out = train_and_register(buggy, spec, family="logreg", seed=1, reason="demo: a bug flips the labels",
+                             run_key="demo/bad-version",
+                             lineage={"dataset": DEMO_DATASET, "data_rev": "unknown (demo bug)", "data_md5": "unknown",
+                                      "validation_id": "unknown", "dag_run_id": "demo"})
+    bad = str(out["version"])
+    if bad == _alias(s, "champion"):
+        return
+    _step(f"deploy a bad version by hand (v{bad}, labels flipped by a bug) that should score like the "
+          "champion: the canary analysis rolls it back")
+    _deploy_under_traffic(s, bad, make_batch(15, 400, seed=11), policy={"analysis": {"max_score_ks": 0.3}})
+    print(f"champion is still v{_alias(s, 'champion')}")
+
+
 def _alias(s, alias: str) -> str | None:
     from include.tracking import alias_version, configure_mlflow
 
@@ -129,6 +217,11 @@ def main() -> int:
     if not os.environ["MLOPS_POLICIES_DIR"]:
         os.environ["MLOPS_POLICIES_DIR"] = str(_demo_policies(s))
     os.environ.setdefault("MLOPS_PREDLOG_FLUSH_SECONDS", "0.5")
+    # the policies' canary waits for minutes of real traffic; the demo's own traffic is judged in
+    # seconds (half of it to the canary), and the rollback window is a few seconds
+    os.environ.setdefault("MLOPS_DEPLOY_POLICY", json.dumps({
+        "canary": {"weight": 0.5, "min_requests": 120, "min_seconds": 3, "max_seconds": 90},
+        "analysis": {"score_min_rows": 100}, "rollback_window": {"seconds": 5}}))
     # no Docker needed: local model servers unless asked (MLOPS_DEPLOY_BACKEND=docker make demo)
     os.environ.setdefault("MLOPS_DEPLOY_BACKEND", "local")
     s = settings()
@@ -193,10 +286,12 @@ def main() -> int:
         _run("train", {**conf, "family": "logreg"})
         candidate = _alias(s, "challenger")
         if candidate and candidate != _alias(s, "champion"):
-            _step(f"deploy v{candidate}")
-            _run("deploy", {"model": _model(), "version": candidate})
+            _step(f"deploy v{candidate}: canary next to v{_alias(s, 'champion')} under live traffic, "
+                  "analysis, promote, rollback window")
+            _deploy_under_traffic(s, candidate, make_batch(13, 400, seed=12, covariate_drift=1.0))
         print(f"served {serve_batch(s.gateway_url, make_batch(13, 200, seed=11, covariate_drift=1.0))} "
               "rows per model version after the retrain")
+    _deploy_a_bad_version(s)
     _show_lineage(s)
     leave_nothing_queued()
     _summary(s)

@@ -42,13 +42,19 @@ class Analysis(_Strict):
     # 5xx share of the canary's scoring requests (4xx are the client's fault and not counted)
     max_error_rate: float = Field(0.01, ge=0.0, le=1.0)
     # canary p99 latency may be at most this many times the champion's, once above p99_floor_ms
-    # (ratios of sub-millisecond latencies are noise)
-    max_p99_ratio: float = Field(2.0, gt=0.0)
+    # (ratios of sub-millisecond latencies are noise). Both are estimated from the servers'
+    # latency histograms (interpolated in a bucket), and a fresh server answers its first requests
+    # slower: below 3x is not a signal on a busy machine
+    max_p99_ratio: float = Field(3.0, gt=0.0)
     p99_floor_ms: float = Field(50.0, ge=0.0)
     # distribution of the scores served by the canary vs the champion over the same window: the
     # two-sample Kolmogorov-Smirnov statistic above this fails (an effect size, so big samples do
-    # not fail on trivial shifts); judged only with at least score_min_rows rows per side
-    max_score_ks: float = Field(0.2, gt=0.0, le=1.0)
+    # not fail on trivial shifts); judged only with at least score_min_rows rows per side. Unset
+    # (the default): reported, not judged, because a retrained model is *meant* to score
+    # differently (a retrain after concept drift measured KS 0.56 against its champion on the
+    # same traffic). Set it when the new version should behave like the champion: a hotfix, a
+    # dependency bump, a re-packaging, a version deployed by hand around the gate.
+    max_score_ks: float | None = Field(None, gt=0.0, le=1.0)
     score_min_rows: int = Field(100, ge=10)
 
 

@@ -105,9 +105,13 @@ class Load(threading.Thread):
         self._lock = threading.Lock()
 
     def _worker(self):
-        payload = {"instances": [_row()]}
+        # many different sessions, as users send: a canary's scores are compared by distribution
+        rows = as_requests(make_batch(7, 300, seed=threading.get_ident() % 1000))
         with httpx.Client(timeout=10) as c:
+            i = 0
             while not self._stop_event.is_set():
+                payload = {"instances": [rows[i % len(rows)]]}
+                i += 1
                 try:
                     try:
                         r = c.post(f"{self.url}/predict", json=payload)
