@@ -561,18 +561,9 @@ def rollback(model: str, version: str, *, reason: str, trigger: dict | None = No
 
 
 def read_audit(s: Settings, model: str | None = None) -> list[dict]:
-    path = s.reports_dir / "deployments.jsonl"
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue  # a torn last line after a crash
-        if model is None or rec.get("model") == model:
-            out.append(rec)
-    return out
+    from include.jsonsafe import read_jsonl
+
+    return [r for r in read_jsonl(s.reports_dir / "deployments.jsonl") if model is None or r.get("model") == model]
 
 
 def already_deployed(model: str, version: str) -> bool:

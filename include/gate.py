@@ -686,9 +686,9 @@ def read_audit(path: Path | None = None) -> list[dict]:
         from include.config import settings
 
         path = settings().reports_dir / "audit.jsonl"
-    if not Path(path).exists():
-        return []
-    return [json.loads(x) for x in Path(path).read_text().splitlines() if x.strip()]
+    from include.jsonsafe import read_jsonl
+
+    return read_jsonl(path)
 
 
 # -------------------------------------------------------------------------------------------- gate

@@ -1,4 +1,5 @@
-"""One JSON sanitizer for the records the stages write (drift decisions, validation reports).
+"""One JSON sanitizer for the records the stages write (drift decisions, validation reports), and
+one reader of their append-only JSONL logs (audit, deployments, drift triggers).
 
 Standard library only: numpy and pandas values are recognised by duck typing (``.item()``) or,
 for pandas' missing-value markers, through pandas only when pandas is already imported (a value
@@ -8,6 +9,8 @@ cannot be a pandas object otherwise), so importing this costs nothing.
 from __future__ import annotations
 
 import datetime as dt
+import json
+import logging
 import math
 import sys
 from pathlib import Path
@@ -41,3 +44,27 @@ def json_safe(x: Any) -> Any:
         except (TypeError, ValueError):
             pass
     return str(x)
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """Every JSON object line of an append-only log, oldest first; [] if the file is absent.
+
+    A line that is not a JSON object (a write torn by a crash, a foreign line) is skipped with a
+    warning naming it: one bad line must not hide the rest of the history.
+    """
+    path = Path(path)
+    if not path.exists():
+        return []
+    out = []
+    for n, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            entry = None
+        if isinstance(entry, dict):
+            out.append(entry)
+        else:
+            logging.getLogger(__name__).warning("%s:%d is not a JSON object (interrupted write?); skipped", path, n)
+    return out

@@ -23,17 +23,9 @@ class LineageError(LookupError):
 
 
 def _audit_entries(path: Path, model: str, version: str) -> list[dict]:
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if str(entry.get("version")) == version and entry.get("model", model) == model:
-            out.append(entry)
-    return out
+    from include.jsonsafe import read_jsonl
+
+    return [e for e in read_jsonl(path) if str(e.get("version")) == version and e.get("model", model) == model]
 
 
 def model_lineage(model: str, version: str | int) -> dict:

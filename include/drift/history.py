@@ -19,21 +19,9 @@ def triggers_path() -> Path:
 
 def load_trigger_history(*, model_name: str | None = None, path: Path | None = None) -> list[dict]:
     """Every recorded decision (oldest first), optionally of one model; a torn last line is skipped."""
-    path = Path(path or triggers_path())
-    if not path.exists():
-        return []
-    entries = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError:
-            log.warning("%s:%d is not JSON (interrupted write?); skipped", path, n)
-            continue
-        if model_name is None or entry.get("model_name") == model_name:
-            entries.append(entry)
-    return entries
+    from include.jsonsafe import read_jsonl
+
+    return [e for e in read_jsonl(path or triggers_path()) if model_name is None or e.get("model_name") == model_name]
 
 
 def record_trigger(

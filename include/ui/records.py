@@ -20,6 +20,8 @@ from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 
+from include.jsonsafe import read_jsonl
+
 log = logging.getLogger(__name__)
 
 _POOL = ThreadPoolExecutor(max_workers=16, thread_name_prefix="mlops-ui")
@@ -57,21 +59,6 @@ def _settings():
     from include.config import settings
 
     return settings()
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    """Every JSON line of an append-only log (a torn or foreign line is skipped); [] if absent."""
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text(errors="replace").splitlines():
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(entry, dict):
-            out.append(entry)
-    return out
 
 
 def datasets() -> dict[str, str]:
