@@ -49,12 +49,9 @@ def _train(day: int, *, flip_labels: bool = False) -> str:
 
 
 def _deploy(conf: dict):
-    from airflow.dag_processing.dagbag import DagBag
+    from tests.dagrun import run_dag
 
-    from include.config import PROJECT_ROOT
-
-    dag = DagBag(dag_folder=str(PROJECT_ROOT / "dags")).get_dag("deploy")
-    dr = dag.test(run_conf={"model": SESSIONS_MODEL, **conf})
+    dr = run_dag("deploy", {"model": SESSIONS_MODEL, **conf})
     return dr, {ti.task_id.rsplit(".", 1)[-1]: str(ti.state) for ti in dr.get_task_instances()}
 
 

@@ -57,12 +57,9 @@ def _train(day: int, rows: int, family: str = "logreg") -> str:
 
 
 def _deploy(version: str):
-    from airflow.dag_processing.dagbag import DagBag
+    from tests.dagrun import run_dag
 
-    from include.config import PROJECT_ROOT
-
-    dag = DagBag(dag_folder=str(PROJECT_ROOT / "dags")).get_dag("deploy")
-    dr = dag.test(run_conf={"model": SESSIONS_MODEL, "version": version})
+    dr = run_dag("deploy", {"model": SESSIONS_MODEL, "version": version})
     # one model deploys: its tasks live in the mapped `release` group (map index 0)
     return dr, {ti.task_id.rsplit(".", 1)[-1]: str(ti.state) for ti in dr.get_task_instances()}
 
