@@ -26,7 +26,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 PROJECT = "mlops-e2e"
-BIND = "127.0.0.1"
+# published ports on a loopback address of their own: a developer's embedded stack keeps 127.0.0.1:8700 etc.
+BIND = "127.0.0.2"
 
 pytestmark = [
     pytest.mark.compose, pytest.mark.e2e, pytest.mark.slow,
@@ -70,10 +71,10 @@ def stack(tmp_path_factory):
             pytest.fail(f"docker compose {' '.join(args)} failed:\n{result.stderr[-4000:]}\n{logs.stdout[-8000:]}")
         return result
 
-    t0 = time.monotonic()
-    run("up", "-d", "--wait", "--wait-timeout", "600")
-    print(f"compose e2e: up --wait took {time.monotonic() - t0:.0f}s")
-    try:
+    try:  # a failed `up` is torn down too
+        t0 = time.monotonic()
+        run("up", "-d", "--wait", "--wait-timeout", "600")
+        print(f"compose e2e: up --wait took {time.monotonic() - t0:.0f}s")
         yield {"env": env, "run": run}
     finally:
         run("down", "-v", "--remove-orphans", check=False)
