@@ -87,6 +87,8 @@ def test_two_datasets_train_deploy_and_serve_side_by_side(live):
     # each dataset registered into its own model, never the other's
     assert seen["sessions"]["datasets"] == ["sessions"] and seen["deliveries"]["datasets"] == ["deliveries"]
     for run in live.runs("train") + live.runs("deploy"):
+        # `champion` moves at promote; the deploy run goes on watching its rollback window
+        run = live.wait_run(run["dag_id"], run["dag_run_id"], timeout=300)
         assert run["run_type"] == "asset_triggered" and run["state"] == "success", run
 
     sessions = _predict(live, "/models/sessions_purchase/predict",
