@@ -193,15 +193,19 @@ def _trained_in_scratch(result: dict, spec, label: str) -> dict:
 
 def model_requirements(name: str, version: str) -> dict[str, str] | None:
     """``{package: version}`` pinned in a registered version's ``requirements.txt``, None if absent."""
+    return _artifact_pins(f"models:/{name}/{version}/requirements.txt")
+
+
+def _artifact_pins(artifact_uri: str) -> dict[str, str] | None:
+    """``{package: version}`` pinned in a logged requirements/constraints file, None if absent."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
     from include.tracking import with_retry
 
-    with tempfile.TemporaryDirectory(prefix="model-ci-req-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="model-ci-pins-") as tmp:
         try:
-            local = with_retry(mlflow.artifacts.download_artifacts,
-                               artifact_uri=f"models:/{name}/{version}/requirements.txt", dst_path=tmp)
+            local = with_retry(mlflow.artifacts.download_artifacts, artifact_uri=artifact_uri, dst_path=tmp)
         except (MlflowException, OSError):
             return None
         return _pins(Path(local).read_text())
@@ -475,18 +479,7 @@ def code_change(champion_sha: str, sha: str) -> dict:
 
 def run_lock(run_id: str) -> dict[str, str] | None:
     """``{package: version}`` of the lock file a training run logged (:data:`LOCK_ARTIFACT`), None if absent."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    from include.tracking import with_retry
-
-    with tempfile.TemporaryDirectory(prefix="model-ci-lock-") as tmp:
-        try:
-            local = with_retry(mlflow.artifacts.download_artifacts,
-                               artifact_uri=f"runs:/{run_id}/{LOCK_ARTIFACT}", dst_path=tmp)
-        except (MlflowException, OSError):
-            return None
-        return _pins(Path(local).read_text())
+    return _artifact_pins(f"runs:/{run_id}/{LOCK_ARTIFACT}")
 
 
 def dependency_diff(champion: dict[str, str] | None, candidate: dict[str, str] | None,
