@@ -145,3 +145,16 @@ def pytest_collection_modifyitems(session, config, items):
 def pytest_runtest_teardown(item, nextitem):
     if item is _mlops_loop.get("last"):
         _close_mlops_loop()
+
+
+@pytest.fixture(scope="session")
+def promtool() -> str:
+    """Prometheus' promtool (tools/debian_tools.sh installs it; CI fails without it)."""
+    import shutil
+
+    from tests.services import unavailable
+
+    path = shutil.which("promtool")
+    if not path:
+        unavailable("promtool is not installed (tools/debian_tools.sh)")
+    return path

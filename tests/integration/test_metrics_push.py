@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -20,7 +19,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from include import metrics_push
-from tests.services import free_port, wait_http
+from tests.services import free_port, unavailable, wait_http
 
 pytestmark = pytest.mark.integration
 
@@ -29,8 +28,7 @@ pytestmark = pytest.mark.integration
 def gateway():
     binary = shutil.which("prometheus-pushgateway")
     if not binary:
-        (pytest.fail if os.environ.get("CI") else pytest.skip)(
-            "prometheus-pushgateway is not installed (tools/debian_tools.sh)")
+        unavailable("prometheus-pushgateway is not installed (tools/debian_tools.sh)")
     port = free_port()
     proc = subprocess.Popen([binary, f"--web.listen-address=127.0.0.1:{port}", "--web.enable-admin-api"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.live import live_stack
+from tests.services import unavailable
 from tests.ui.browser import chromium, missing_browser, save_artifacts
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -23,7 +24,7 @@ def require_browser() -> None:
     reason = missing_browser()
     if reason:
         # CI installs the browser (.ci/run): there a missing one is a failure, not a skip
-        (pytest.fail if os.environ.get("CI") else pytest.skip)(reason)
+        unavailable(reason)
 
 
 @pytest.fixture(scope="module")

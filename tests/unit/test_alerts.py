@@ -8,12 +8,9 @@ promtool fails instead of skipping).
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
 import yaml
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
@@ -22,14 +19,6 @@ RULE_TESTS = DEPLOY / "alerts.test.yml"
 # what issue 15 asks to be alerted on; each name must exist and be unit-tested
 REQUIRED = {"ModelServerDown", "ServingErrorRate", "ModelServerErrorRate", "ServingLatencyP99High", "DriftDetected",
             "RetrainStorm", "RetrainCooldownHit", "DagRunFailed", "ValidationQuarantine"}
-
-
-@pytest.fixture(scope="module")
-def promtool() -> str:
-    path = shutil.which("promtool")
-    if not path:
-        (pytest.fail if os.environ.get("CI") else pytest.skip)("promtool is not installed (tools/debian_tools.sh)")
-    return path
 
 
 def run(promtool: str, *args: str) -> subprocess.CompletedProcess:

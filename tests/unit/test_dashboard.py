@@ -10,9 +10,7 @@ the panels read (named as include/metrics_push.py, the model server and Caddy ex
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -73,14 +71,6 @@ def queries(dashboard: dict) -> list[tuple[str, str]]:
             assert "$" not in expr, f"{panel['title']}: unknown variable in {target['expr']}"
             out.append((panel["title"], expr))
     return out
-
-
-@pytest.fixture(scope="module")
-def promtool() -> str:
-    path = shutil.which("promtool")
-    if not path:
-        (pytest.fail if os.environ.get("CI") else pytest.skip)("promtool is not installed (tools/debian_tools.sh)")
-    return path
 
 
 def exported_metric_names() -> set[str]:
