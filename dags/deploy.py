@@ -137,21 +137,22 @@ def deploy():
         else:
             print(f"the edge now serves {built['model']} v{built['version']} at {release['instance']['url']} "
                   f"(no canary: {'a rollback' if built.get('rollback_of') else 'first deploy' if not release['previous'] else 'weight 0'})")
-        return {**built, "release": release}
+        # the policy this release follows, read once: every later phase judges by the same one
+        return {**built, "release": release, "policy": policy.model_dump()}
 
     @task(multiple_outputs=False)
-    def analyze_canary(live: dict, params=None, dag_run=None) -> dict:
+    def analyze_canary(live: dict, dag_run=None) -> dict:
         from airflow.sdk.exceptions import AirflowFailException
 
         from include.canary import analyze
-        from include.deploy_policy import load_policy
+        from include.deploy_policy import DeployPolicy
         from include.deployment import audit, backend_for, rollback
 
         release = live["release"]
         if release["phase"] != "canary":
             print("no canary phase in this deploy: nothing to analyze")
             return {**live, "analysis": None}
-        policy = load_policy(live["dataset"], params.get("policy"))
+        policy = DeployPolicy.model_validate(live["policy"])
         verdict = analyze(release, policy, alive=lambda: backend_for(release["instance"]).alive(release["instance"]))
         audit({"event": "canary_analysis", "model": live["model"], "version": live["version"],
                "dataset": live["dataset"], "weight": release["weight"], **verdict.as_dict(),
@@ -177,15 +178,15 @@ def deploy():
         return {**judged, "promoted": record}
 
     @task(multiple_outputs=False)
-    def watch_rollback_window(judged: dict, params=None, dag_run=None) -> None:
+    def watch_rollback_window(judged: dict, dag_run=None) -> None:
         from airflow.sdk.exceptions import AirflowFailException
 
         from include.canary import watch
-        from include.deploy_policy import load_policy
+        from include.deploy_policy import DeployPolicy
         from include.deployment import backend_for, rollback
 
         instance = judged["release"]["instance"]
-        policy = load_policy(judged["dataset"], params.get("policy"))
+        policy = DeployPolicy.model_validate(judged["policy"])
         print(f"watching {judged['model']} v{judged['version']} for {policy.rollback_window.seconds:.0f}s")
         seen = watch(instance, policy, alive=lambda: backend_for(instance).alive(instance))
         if seen["breach"]:
