@@ -157,6 +157,25 @@ def registry_snapshot(c, name: str) -> dict:
     }
 
 
+def data_repo():
+    """The data repo to load the champion's rev from, with its DVC remote set from the environment.
+
+    A CI job has a fresh ``git clone`` of the data repo: it holds the manifests and DVC pointers
+    but no DVC remote, because the stages keep the remote in the untracked ``.dvc/config.local``
+    (``MLOPS_DVC_REMOTE`` + the S3 endpoint, machine-specific). Without it DVC has nowhere to pull
+    the champion's rows from. When ``MLOPS_DVC_REMOTE`` is set, the clone gets it the way every
+    stage configures its repo (:meth:`DataRepo.ensure`); unset, the repo is used as it is (the
+    embedded stack's repo is already configured).
+    """
+    from include.versioning import DataRepo
+
+    repo = DataRepo()
+    if (repo.path / ".dvc").is_dir() and os.environ.get("MLOPS_DVC_REMOTE", "").strip():
+        with repo.lock():
+            repo.ensure()
+    return repo
+
+
 # -------------------------------------------------------------------------------------- training
 
 
@@ -278,7 +297,7 @@ def check(dataset: str, *, family: str | None = None, params: dict | None = None
     from include.spec import SpecError, load_spec
     from include.tracking import client, configure_mlflow, with_retry
     from include.training import code_sha, compute_threads, load_model, select_window
-    from include.versioning import DataRepo, DataRepoError
+    from include.versioning import DataRepoError
 
     try:
         spec = load_spec(dataset)
@@ -307,7 +326,7 @@ def check(dataset: str, *, family: str | None = None, params: dict | None = None
     champ_req = model_requirements(name, str(champ_mv.version))
     champ_lock = run_lock(champ_mv.run_id)
     try:
-        df = select_window(DataRepo().load(dataset, recipe.data_rev, spec), spec, recipe.window_days)
+        df = select_window(data_repo().load(dataset, recipe.data_rev, spec), spec, recipe.window_days)
     except DataRepoError as err:
         raise CiError(f"the champion's data rev cannot be loaded: {err}") from err
 
