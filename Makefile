@@ -26,8 +26,8 @@ demo: install           ## run the loop on the embedded stack (no Docker needed)
 stop:                   ## stop the model servers and the serving edge the demo/deploy left running
 	-$(PY) -m include.deployment stop
 
-test: install           ## every test: integrity, unit, integration, e2e (what CI runs)
-	$(PY) -m pytest tests -q -p no:cacheprovider --timeout=1800
+test: install           ## every test: integrity, unit, integration, e2e (what CI runs), on 2 xdist workers
+	$(PY) -m pytest tests -q -p no:cacheprovider --timeout=1800 -n 2 --dist loadgroup --durations=30
 
 test-fast: install      ## the quick layer: DAG integrity + unit tests, skips slow/e2e
 	$(PY) -m pytest tests/dags tests/unit -q -m "not slow and not e2e"

@@ -131,14 +131,36 @@ def _close_mlops_loop() -> None:
         stack.close()
 
 
-@pytest.hookimpl(trylast=True)
+# `make test` runs on two pytest-xdist workers (`-n 2 --dist loadgroup`): most of the suite's time
+# is spent waiting on live services, not computing. A group is what must stay on one worker: a test
+# module (its module fixtures start servers once), or every user of the `mlops_loop` stack. Groups
+# of the slowest layers go first, so no live-stack module starts last while the other worker idles.
+_SLOWEST_FIRST = ("e2e", "ui", "chaos", "slow")
+
+
+def _layer_rank(item) -> int:
+    return next((rank for rank, mark in enumerate(_SLOWEST_FIRST) if item.get_closest_marker(mark)),
+                len(_SLOWEST_FIRST))
+
+
+# tryfirst: xdist reads the xdist_group marks in its own collection hook
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(session, config, items):
-    users = [i for i in items if MLOPS_LOOP_FIXTURE in getattr(i, "fixturenames", ())]
-    if users:
-        first = items.index(users[0])
-        rest = [i for i in items if i not in users]
-        items[:] = rest[:first] + users + rest[first:]
-        _mlops_loop["last"] = users[-1]
+    def group(item) -> str:
+        if MLOPS_LOOP_FIXTURE in getattr(item, "fixturenames", ()):
+            return MLOPS_LOOP_FIXTURE
+        return item.nodeid.split("::", 1)[0]
+
+    members: dict[str, list] = {}
+    for item in items:
+        members.setdefault(group(item), []).append(item)
+    ranked = sorted(members.items(), key=lambda kv: min(_layer_rank(i) for i in kv[1]))  # stable
+    items[:] = [item for _, group_items in ranked for item in group_items]
+    for name, group_items in members.items():
+        for item in group_items:
+            item.add_marker(pytest.mark.xdist_group(name))
+    if MLOPS_LOOP_FIXTURE in members:
+        _mlops_loop["last"] = members[MLOPS_LOOP_FIXTURE][-1]
 
 
 @pytest.hookimpl(trylast=True)

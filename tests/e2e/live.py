@@ -243,7 +243,10 @@ def _distributed_services(state: Path, env: dict, procs: list, databases: list, 
                          "--default-artifact-root", f"s3://{bucket}/mlflow", "--host", "127.0.0.1",
                          "--port", str(mlflow_port), "--workers", "1"], mlflow_env, state / "mlflow-server.log"))
     wait_http(f"http://127.0.0.1:{mlflow_port}/health", timeout=120, proc=procs[-1])
-    redis_db = 1 + os.getpid() % 14
+    # a Redis DB of its own: the two pytest-xdist workers of `make test` differ in parity, so their
+    # Celery brokers never share a queue (DB 0 is left to a developer's own stack)
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+    redis_db = 1 + 2 * (os.getpid() % 7) + worker % 2
     return {
         **creds,
         "MLFLOW_S3_ENDPOINT_URL": s3_url,
