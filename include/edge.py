@@ -212,7 +212,9 @@ def caddy_config(state: dict, *, listen: str, admin: Path, admin_mode: str | Non
     return {
         "admin": {"listen": f"unix/{admin}" + (f"|{admin_mode}" if admin_mode else "")},
         "logging": {"logs": {"default": {"level": "WARN"}}},
-        "apps": {"http": {"metrics": {}, "servers": servers}},
+        # Caddy's per-request metrics are collected only where something scrapes them (the internal
+        # listener, compose); the embedded edge publishes none, so it records none
+        "apps": {"http": {**({"metrics": {}} if internal else {}), "servers": servers}},
     }
 
 
@@ -284,6 +286,10 @@ def ensure_edge(s: Settings | None = None) -> dict:
         config_path.write_text(json.dumps(config_for(state, s)))
         env = {**os.environ, "XDG_DATA_HOME": str(deploy_dir / "caddy-data"),
                "XDG_CONFIG_HOME": str(deploy_dir / "caddy-config")}
+        # one Go thread: the embedded edge shares the machine with the model servers it fronts, and
+        # Go's idle-thread spinning on every core cost them throughput (bench/serving.py on 2 cores:
+        # 0.72x of direct with all cores, 0.82x with one); an explicit GOMAXPROCS wins
+        env.setdefault("GOMAXPROCS", "1")
         # a fresh start begins from the state file; --resume is for the supervisor's restarts
         (deploy_dir / "caddy-config" / "caddy" / "autosave.json").unlink(missing_ok=True)
         # supervised like the model servers: a killed Caddy is back within a second, and --resume
