@@ -1,9 +1,10 @@
 """
 ### deploy: build, infra-validate, canary, analyze, promote, watch, or roll back
 
-`resolve_candidates` ─► per model: `build` ─► `infra_validate` ─► `switch_traffic` ─► `analyze_canary`
-                                   ─► `promote` ─► `watch_rollback_window`
-                                       └─────────── any failure ──► `rollback`
+`resolve_candidates` ─► per model: `build` ─► `prepare_infra_validation` ─► `choose_infra_validation`
+    ─► `infra_validate_docker` | `infra_validate_local` ─► `switch_traffic` ─► `analyze_canary`
+    ─► `promote` ─► `watch_rollback_window`
+        └─────────── any failure ──► `rollback`
 
 Scheduled on the `model_candidate` Asset (every model whose version passed the gate in `train`
 deploys, each in its own mapped group), or run by hand with a dataset or model and a version
@@ -15,9 +16,12 @@ the `policy` Param overrides it for one run).
 * **build**: the serving image for the version (Docker API), reused when the code has not changed;
   with no Docker engine (`MLOPS_DEPLOY_BACKEND=local`, or `auto` without an engine) servers are
   local uvicorn processes instead.
-* **infra_validate**: a one-shot container (Airflow's Docker provider), or the server's own process
-  in the local backend, loads the version from the registry and scores the golden holdout rows; the
-  scores must equal the offline scores. A mismatch or a broken artifact fails at once (no retry).
+* **infra validation**: `prepare_infra_validation` saves the golden holdout rows and the offline
+  scores training logged for them (XCom: their paths); `choose_infra_validation` follows the
+  backend `build` chose. `infra_validate_docker` is a `DockerOperator`: the serving image, run
+  once, loads the version from the registry, scores the rows and compares (credentials go in its
+  private environment, never in the rendered fields); `infra_validate_local` runs the same check
+  as its own process. A mismatch or a broken artifact fails there, at once (no retry).
 * **switch_traffic**: the new server starts next to the champion; once ready it gets the policy's
   **canary** share of the traffic (e.g. 10%; a `X-Model-Version: N` header pins a request to a
   version). The first deploy of a model, a canary weight of 0 and `rollback_to` switch all at once.
@@ -44,6 +48,7 @@ from airflow.sdk import Param, dag, task, task_group
 
 from include.assets import DEPLOYMENT, MODEL_CANDIDATE
 from include.catalog import dataset_names, model_names
+from include.infra_validation_operator import infra_validation_task
 
 DATASETS, MODELS = dataset_names(), sorted(model_names())
 
@@ -109,18 +114,31 @@ def deploy():
         return {**candidate, "backend": backend.name, "image": image}
 
     @task(multiple_outputs=False)
-    def infra_validate(built: dict) -> dict:
-        from include.deployment import DeployError, get_backend, infra_validate
-        from include.failfast import fail_fast
+    def prepare_infra_validation(built: dict, dag_run=None) -> dict:
+        from include.deployment import prepare_infra_validation
 
-        # the same image fails the same way: a mismatch or a schema error is not retried
-        with fail_fast(DeployError, KeyError):
-            result = infra_validate(built["model"], built["version"], built["dataset"], built["image"],
-                                    get_backend(built["backend"]))
-        print(f"infra validation passed: {result}")
-        return built
+        request = prepare_infra_validation(built["model"], built["version"], built["dataset"], built["image"],
+                                           dag_run.run_id)
+        print(f"golden rows {request['golden']}, offline scores {request['expected']}, verdict to {request['results']}")
+        return request
+
+    @task.branch
+    def choose_infra_validation(built: dict, ti=None) -> str:
+        # the backend `build` resolved (`auto`: docker when an engine can build): one check per run
+        return f"{ti.task_id.rpartition('.')[0]}.infra_validate_{built['backend']}"
 
     @task(multiple_outputs=False)
+    def infra_validate_local(request: dict) -> None:
+        from include.deployment import DeployError, infra_validate_local
+        from include.failfast import fail_fast
+
+        # the same process fails the same way: a mismatch or a broken artifact is not retried
+        with fail_fast(DeployError):
+            verdict = infra_validate_local(request)
+        print(f"infra validation passed: {verdict}")
+
+    # after whichever validation ran (the other one is skipped by the branch)
+    @task(multiple_outputs=False, trigger_rule="none_failed_min_one_success")
     def switch_traffic(built: dict, params=None) -> dict:
         from include.deploy_policy import load_policy
         from include.deployment import get_backend, start_release
@@ -211,12 +229,18 @@ def deploy():
     @task_group
     def release(candidate: dict):
         built = build(candidate)
-        validated = infra_validate(built)
-        live = switch_traffic(validated)
+        request = prepare_infra_validation(built)
+        choice = choose_infra_validation(built)
+        in_docker = infra_validation_task("infra_validate_docker", request_task_id=request.operator.task_id)
+        in_process = infra_validate_local(request)
+        request >> choice >> [in_docker, in_process]
+        live = switch_traffic(built)
+        [in_docker, in_process] >> live
         judged = analyze_canary(live)
         done = promote(judged)
         watched = watch_rollback_window(done)
-        [built, validated, live, judged, done, watched] >> rollback(candidate)
+        # not the branch itself: it would skip `rollback` as a branch not taken
+        [built, request, in_docker, in_process, live, judged, done, watched] >> rollback(candidate)
 
     release.expand(candidate=resolve_candidates())
 

@@ -3,9 +3,11 @@
 Steps (one DAG task each, so the UI shows where a deploy stopped):
 
 1. ``build``          the serving image for the version (Docker) or nothing (local processes);
-2. ``infra_validate`` a one-shot container (Docker provider's DockerHook) or process loads the
-                      version from the registry and scores the golden holdout sample; the scores
-                      must equal the offline scores of the same version on the same rows;
+2. ``infra_validate`` a one-shot container (the Docker provider's ``DockerOperator``, see
+                      include/infra_validation_operator.py) or, with the local backend, the
+                      server's own process loads the version from the registry and scores the
+                      golden holdout rows; the scores must equal the offline scores training
+                      logged for the same rows (:func:`prepare_infra_validation`);
 3. ``switch``         start the new server next to the old one, wait until it is ready, flip the
                       model's route on the edge to it (zero failed requests, see include/edge.py),
                       then watch its health for a while;
@@ -36,8 +38,6 @@ from include.config import PROJECT_ROOT, Settings, admin_token, settings
 
 log = logging.getLogger(__name__)
 
-GOLDEN_ROWS = 256
-SCORE_TOLERANCE = 1e-9
 SERVING_IMAGE = "mlops-serving"
 
 
@@ -105,11 +105,6 @@ class LocalBackend:
 
     def build(self, model: str, version: str) -> str | None:
         return None  # the code is already installed in this venv
-
-    def run_once(self, image, argv: list[str], env: dict[str, str]) -> tuple[int, str]:
-        proc = subprocess.run([sys.executable, *argv], env={**os.environ, **env}, capture_output=True,
-                              text=True, timeout=600)
-        return proc.returncode, proc.stdout + proc.stderr
 
     def start(self, image, model: str, version: str, dataset: str) -> dict:
         port = _free_port()
@@ -186,16 +181,9 @@ class DockerBackend:
         return f"{repo}:v{version}"
 
     def _mounts(self) -> list[str]:
-        """Host paths the container must see at the same path: state, the MLflow store, artifacts."""
-        paths = {self.s.state_dir, self.s.predictions_dir}
-        for uri in (self.s.mlflow_tracking_uri, self.s.mlflow_artifact_root):
-            if uri.startswith("sqlite:///"):
-                paths.add(Path(uri[len("sqlite:///"):]).parent)
-            elif uri.startswith("file://"):
-                paths.add(Path(uri[len("file://"):]))
         self.s.predictions_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.s.predictions_dir, 0o777)  # the container's non-root user appends the log
-        return sorted({str(p) for p in paths})
+        return container_mounts(self.s)
 
     def _create(self, image: str, command: list[str], env: dict[str, str], name: str | None = None,
                 restart: bool = False) -> str:
@@ -209,15 +197,6 @@ class DockerBackend:
                                       host_config=host_config, name=name,
                                       labels={"mlops-loop": "serving"})
         return c["Id"]
-
-    def run_once(self, image: str, argv: list[str], env: dict[str, str]) -> tuple[int, str]:
-        cid = self._create(image, ["python", *argv], env)
-        try:
-            self.api.start(cid)
-            code = self.api.wait(cid, timeout=600)["StatusCode"]
-            return code, self.api.logs(cid).decode(errors="replace")
-        finally:
-            self.api.remove_container(cid, force=True)
 
     def start(self, image: str, model: str, version: str, dataset: str) -> dict:
         # On the host network every server needs its own port; on a named network (compose) each
@@ -247,6 +226,31 @@ class DockerBackend:
             self.api.remove_container(instance["id"], force=True)
         except Exception as err:  # noqa: BLE001 - already gone is fine
             log.info("stopping %s: %s", instance.get("name", instance["id"]), err)
+
+
+def container_mounts(s: Settings) -> list[str]:
+    """Host paths a serving or validation container must see at the same path: the state dir, the
+    prediction log, the MLflow store and artifacts. Pure (no engine, no file system): the deploy
+    DAG resolves the infra validation task's mounts from it at parse time."""
+    paths = {s.state_dir, s.predictions_dir}
+    for uri in (s.mlflow_tracking_uri, s.mlflow_artifact_root):
+        if uri.startswith("sqlite:///"):
+            paths.add(Path(uri[len("sqlite:///"):]).parent)
+        elif uri.startswith("file://"):
+            paths.add(Path(uri[len("file://"):]))
+    return sorted({str(p) for p in paths})
+
+
+def validation_env(s: Settings) -> tuple[dict[str, str], dict[str, str]]:
+    """(public, private) environment of an infra validation run. Private holds everything that
+    may carry a credential (store URIs can embed a password, S3 keys, MLflow tokens): the Docker
+    task passes it as ``private_environment``, which Airflow neither renders nor shows."""
+    public = {"MLOPS_STATE_DIR": str(s.state_dir), "MLOPS_MLFLOW_ARTIFACT_ROOT": s.mlflow_artifact_root,
+              "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+    private = {"MLFLOW_TRACKING_URI": s.mlflow_tracking_uri, "MLFLOW_REGISTRY_URI": s.mlflow_registry_uri,
+               **{k: v for k, v in os.environ.items() if k.startswith(("AWS_", "MLFLOW_S3_", "MLFLOW_TRACKING_"))
+                  and k != "MLFLOW_TRACKING_URI"}}
+    return public, private
 
 
 def docker_available(s: Settings | None = None) -> bool:
@@ -357,13 +361,15 @@ def golden_sample(model: str, version: str, s: Settings | None = None) -> Path:
     import mlflow
     import pandas as pd
 
+    from include.infra_validation import GOLDEN_ROWS
     from include.tracking import client, configure_mlflow
     from include.training import HOLDOUT_ARTIFACT
 
     s = s or settings()
     configure_mlflow()
     mv = client().get_model_version(model, str(version))
-    out = s.state_dir / "deploy" / "golden" / f"{model}-v{version}.parquet"
+    # keyed by the version's run too: a registry rebuilt from scratch reuses version numbers
+    out = s.state_dir / "deploy" / "golden" / f"{model}-v{version}-{mv.run_id}.parquet"
     if not out.exists():
         out.parent.mkdir(parents=True, exist_ok=True)
         local = mlflow.artifacts.download_artifacts(run_id=mv.run_id, artifact_path=HOLDOUT_ARTIFACT)
@@ -372,37 +378,94 @@ def golden_sample(model: str, version: str, s: Settings | None = None) -> Path:
     return out
 
 
-def infra_validate(model: str, version: str, dataset: str, image: str | None, backend) -> dict:
-    """Score the golden sample inside the image and compare with the offline scores."""
-    import numpy as np
+def expected_scores(model: str, version: str, dataset: str, golden: Path, s: Settings | None = None) -> Path:
+    """The offline scores of the golden rows, as training logged them (``holdout/golden_scores.json``).
 
-    from include.infra_validation import score_golden
+    Versions trained before training logged them are scored here, in the worker, with the
+    registered artifact: for those a broken artifact fails in this step instead of in the image.
+    """
+    import mlflow
 
-    s = backend.s
+    from include.infra_validation import EXPECTED_ARTIFACT, score_golden
+    from include.tracking import client, configure_mlflow
+
+    s = s or settings()
+    out = golden.with_suffix(".expected.json")
+    if out.exists():
+        return out
+    configure_mlflow()
+    run_id = client().get_model_version(model, str(version)).run_id
+    logged = {a.path for a in client().list_artifacts(run_id, str(Path(EXPECTED_ARTIFACT).parent))}
+    if EXPECTED_ARTIFACT in logged:
+        local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=EXPECTED_ARTIFACT)
+        scores, source = json.loads(Path(local).read_text())["scores"], f"runs:/{run_id}/{EXPECTED_ARTIFACT}"
+    else:
+        log.warning("%s v%s has no %s (trained before it was logged): scoring the golden rows in this worker",
+                    model, version, EXPECTED_ARTIFACT)
+        scores, source = score_golden(model, str(version), str(golden), dataset), "scored by the deploy worker"
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"scores": scores, "source": source}))
+    os.chmod(tmp, 0o644)
+    tmp.replace(out)
+    return out
+
+
+def prepare_infra_validation(model: str, version: str, dataset: str, image: str | None, dag_run_id: str,
+                             s: Settings | None = None) -> dict:
+    """Inputs of one infra validation run, as paths (XCom carries these, never the rows or scores):
+    the golden rows, the offline scores, where the verdict goes, the image and a container name.
+
+    The results directory is world-writable: the serving image runs as a non-root uid.
+    """
+    import hashlib
+    import re
+
+    s = s or settings()
     golden = golden_sample(model, version, s)
-    # the image (or the server's own process) scores first: a broken artifact or a missing library
-    # must fail there, where it would fail in production, not in this worker's offline scoring
-    code, output = backend.run_once(
-        image, ["-m", "include.infra_validation", "--model", model, "--version", str(version),
-                "--golden", str(golden), "--dataset", dataset],
-        serving_env(model, version, dataset, s),
-    )
-    lines = [ln for ln in output.splitlines() if ln.startswith("{")]
-    result = json.loads(lines[-1]) if lines else {}
-    if code != 0 or "scores" not in result:
-        where = "the serving image" if backend.name == "docker" else "the server's own process"
-        raise DeployError(f"infra validation of {model} v{version} failed in {where} ({backend.name} backend, "
-                          f"exit {code}): {result.get('error') or output[-1500:]}")
-    served = np.asarray(result["scores"])
-    offline = np.asarray(score_golden(model, version, str(golden), dataset))
-    if served.shape != offline.shape:
-        raise DeployError(f"infra validation of {model} v{version}: {served.size} scores, expected {offline.size}")
-    diff = float(np.max(np.abs(served - offline))) if offline.size else 0.0
-    if not np.isfinite(served).all() or diff > SCORE_TOLERANCE:
-        raise DeployError(f"infra validation of {model} v{version}: served scores differ from offline scores "
-                          f"(max abs diff {diff:.3g} > {SCORE_TOLERANCE})")
-    log.info("infra validation of %s v%s passed: %d rows, max abs diff %.3g", model, version, served.size, diff)
-    return {"rows": int(served.size), "max_abs_diff": diff, "backend": backend.name, "image": image}
+    expected = expected_scores(model, version, dataset, golden, s)
+    results_dir = s.state_dir / "deploy" / "validation"
+    results_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(results_dir, 0o777)
+    run_key = hashlib.sha256(dag_run_id.encode()).hexdigest()[:10]  # one verdict file per deploy run
+    results = results_dir / f"{model}-v{version}-{run_key}.json"
+    argv = ["-m", "include.infra_validation", "--model", model, "--version", str(version), "--dataset", dataset,
+            "--golden", str(golden), "--expected", str(expected), "--results", str(results)]
+    return {"model": model, "version": str(version), "dataset": dataset, "image": image, "argv": argv,
+            "golden": str(golden), "expected": str(expected), "results": str(results),
+            "container": re.sub(r"[^a-zA-Z0-9_.-]", "-", f"mlops-infra-{model}-v{version}-{run_key}").lower()}
+
+
+def validation_failure(request: dict, code: int | None, output: str, where: str) -> str:
+    """Why a validation run failed: its verdict's error (the results file, else the last JSON line
+    it printed), else the tail of its output."""
+    verdict: dict = {}
+    try:
+        verdict = json.loads(Path(request["results"]).read_text())
+    except (OSError, ValueError):
+        lines = [ln for ln in output.splitlines() if ln.strip().startswith("{")]
+        try:
+            verdict = json.loads(lines[-1]) if lines else {}
+        except ValueError:
+            pass
+    cause = verdict.get("error") or output[-1500:].strip() or "no output"
+    return f"infra validation of {request['model']} v{request['version']} failed in {where} (exit {code}): {cause}"
+
+
+def infra_validate_local(request: dict, s: Settings | None = None) -> dict:
+    """The local backend's infra validation: the check runs as its own process from the installed
+    package (as the local server would load the model), so a broken artifact fails *there*."""
+    s = s or settings()
+    public, private = validation_env(s)
+    Path(request["results"]).unlink(missing_ok=True)  # a verdict of an earlier try must not be read
+    proc = subprocess.run([sys.executable, *request["argv"]], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, **public, **private, "MLOPS_INFRA_VALIDATION_IN": "process"},
+                          cwd=PROJECT_ROOT)
+    print(proc.stdout + proc.stderr)  # the task log shows what the process said
+    if proc.returncode != 0:
+        raise DeployError(validation_failure(request, proc.returncode, proc.stdout + proc.stderr,
+                                             "the server's own process"))
+    verdict = json.loads(Path(request["results"]).read_text())
+    return {k: v for k, v in verdict.items() if k != "scores"}
 
 
 def start_release(model: str, version: str, dataset: str, image: str | None, backend, *,

@@ -49,6 +49,7 @@ from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from include.config import PROJECT_ROOT, settings
 from include.crashpoints import crash_point
+from include.infra_validation import log_golden_scores
 from include.spec import DatasetSpec
 from include.tracking import (
     client,
@@ -824,6 +825,7 @@ def train_and_register(
                 hpath.parent.mkdir()
                 test[holdout_cols].to_parquet(hpath, index=False)
                 mlflow.log_artifact(str(hpath), "holdout")
+                log_golden_scores(hpath, model, spec)  # what deploy's infra validation must reproduce
                 _log_training_keys(tmp_path, spec, train, val)
                 if (PROJECT_ROOT / LOCK_FILE).exists():  # the full lock this code ran with: mlops-ci diffs it
                     mlflow.log_artifact(str(PROJECT_ROOT / LOCK_FILE), "environment")

@@ -1,7 +1,9 @@
 """The deploy DAG on real Airflow (dag.test), real MLflow and real servers behind the gateway.
 
 Runs with the local-process backend always, and with the Docker backend on a real engine (in CI
-the engine must be there: the Docker case fails instead of skipping).
+the engine must be there: the Docker case fails instead of skipping). In the Docker backend the
+infra validation is the provider's DockerOperator (`infra_validate_docker`); the local backend's
+is the check as its own process (`infra_validate_local`).
 """
 
 from __future__ import annotations
@@ -33,14 +35,60 @@ def _docker_or_skip():
     pytest.skip("no Docker engine reachable: run tools/docker_setup.sh to include the Docker backend")
 
 
+# a credential the infra validation container needs (S3 access to artifacts) and must not show:
+# the key's name is not one Airflow masks by name, so only keeping it out of rendered fields hides it
+SECRET = f"AKIAH12{os.getpid()}{int(time.time())}"
+
+
 @pytest.fixture(params=["local", "docker"])
 def deploy_env(request, airflow_db, state, monkeypatch):
     from include.deployment import stop_all
 
     if request.param == "docker":
         _docker_or_skip()
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", SECRET)
     yield serving_env(monkeypatch, state, request.param)
     stop_all()
+
+
+def _ti(dr, task: str):
+    """The task instance of ``release.<task>`` (map index 0: one model deploys)."""
+    return next(ti for ti in dr.get_task_instances() if ti.task_id == f"release.{task}")
+
+
+def _xcom(dr, task: str):
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        row = session.scalar(select(XComModel).where(
+            XComModel.dag_id == "deploy", XComModel.run_id == dr.run_id, XComModel.task_id == f"release.{task}",
+            XComModel.map_index == 0, XComModel.key == "return_value"))
+        return XComModel.deserialize_value(row)
+
+
+def _rendered(dr, task: str) -> dict:
+    from airflow.models.renderedtifields import RenderedTaskInstanceFields as RTIF
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        return session.scalar(select(RTIF.rendered_fields).where(
+            RTIF.dag_id == "deploy", RTIF.run_id == dr.run_id, RTIF.task_id == f"release.{task}", RTIF.map_index == 0))
+
+
+def _validation_containers(since: float, version: str) -> list[dict]:
+    """The engine's record of infra validation containers for ``version`` since ``since``: their
+    start, exit (``die`` with the exit code) and removal events."""
+    import docker
+
+    from include.config import settings
+
+    client = docker.DockerClient(base_url=settings().docker_host or "unix:///var/run/docker.sock")
+    events = client.events(since=int(since), until=int(time.time()) + 1, decode=True,
+                           filters={"type": "container", "label": "mlops-loop=infra-validation"})
+    return [e for e in events if f"-v{version}-" in e["Actor"]["Attributes"].get("name", "")]
 
 
 def _train(day: int, rows: int, family: str = "logreg") -> str:
@@ -140,14 +188,43 @@ class Load(threading.Thread):
         self.join(timeout=30)
 
 
-def test_deploy_switch_under_load_then_broken_version_rolls_back(deploy_env):
+def test_deploy_switch_under_load_then_broken_version_rolls_back(deploy_env, capfd):
     s = deploy_env
     v1, v2, v3 = _train(0, 1500), _train(1, 3000), _train(2, 1500)
 
+    backend = s.deploy_backend
+    check, other = f"infra_validate_{backend}", "infra_validate_local" if backend == "docker" else "infra_validate_docker"
+    t0 = time.time()
     dr, states = _deploy(v1)
     assert str(dr.state) == "success", states
+    assert states[check] == "success" and states[other] == "skipped", states
     assert _champion() == v1
     assert _predict(s.gateway_url)["model_version"] == v1
+    request = _xcom(dr, "prepare_infra_validation")  # paths only: the rows and scores stay in files
+    assert set(request) >= {"golden", "expected", "results"} and "scores" not in request, request
+    verdict = json.loads(Path(request["results"]).read_text())
+    assert verdict["passed"] and verdict["rows"] > 0 and verdict["max_abs_diff"] <= 1e-9, verdict
+    assert verdict["in"] == ("serving image" if backend == "docker" else "process"), verdict
+    # the offline scores are the ones training logged, not a second scoring in the deploy worker
+    assert json.loads(Path(request["expected"]).read_text())["source"].endswith("holdout/golden_scores.json")
+    if backend == "docker":
+        from airflow.dag_processing.dagbag import DagBag
+        from airflow.providers.docker.operators.docker import DockerOperator
+
+        from include.config import PROJECT_ROOT
+
+        parsed = DagBag(dag_folder=str(PROJECT_ROOT / "dags" / "deploy.py")).dags["deploy"]
+        assert isinstance(parsed.get_task(f"release.{check}"), DockerOperator)
+        assert _ti(dr, check).operator == "InfraValidationOperator"  # the DockerOperator subclass ran it
+        # the engine ran one container for it, which exited 0 and was removed
+        seen = {e["Action"]: e["Actor"]["Attributes"] for e in _validation_containers(t0, v1)}
+        assert {"start", "die", "destroy"} <= set(seen), seen
+        assert seen["die"]["exitCode"] == "0", seen["die"]
+        # the container got the credential (privately): it is nowhere in the rendered fields
+        assert "AWS_ACCESS_KEY_ID" in verdict["credentials"], verdict
+        rendered = _rendered(dr, check)
+        assert f"--version', '{v1}'" in rendered["command"] and rendered["mounts"], rendered
+        assert SECRET not in json.dumps(rendered), rendered
 
     load = Load(s.gateway_url)
     load.start()
@@ -173,21 +250,27 @@ def test_deploy_switch_under_load_then_broken_version_rolls_back(deploy_env):
     assert broken, f"no model file under {location}"
     for f in broken:
         f.write_bytes(b"not a model")
+    capfd.readouterr()
+    t0 = time.time()
     dr, states = _deploy(v3)
+    logs = "".join(capfd.readouterr())
     assert str(dr.state) == "failed"
-    assert states["infra_validate"] == "failed" and states["switch_traffic"] == "upstream_failed", states
+    # where it failed: in the validation task (the image / the server's own process), on its first
+    # try, not in prepare_infra_validation (the offline scores are training's: no model load there)
+    assert states["prepare_infra_validation"] == "success", states
+    assert states[check] == "failed" and states["switch_traffic"] == "upstream_failed", states
+    assert _ti(dr, check).try_number == 1, "a broken artifact was retried"
     assert states["rollback"] == "failed"  # it ran, and fails the run on purpose, saying why
+    where = "the serving image" if backend == "docker" else "the server's own process"
+    cause = f"infra validation of {SESSIONS_MODEL} v{v3} failed in {where} (exit 1): could not load or score the model"
+    assert cause in logs, logs[-3000:]
+    verdict = json.loads(Path(_xcom(dr, "prepare_infra_validation")["results"]).read_text())
+    assert not verdict["passed"] and "could not load or score the model" in verdict["error"], verdict
+    if backend == "docker":
+        died = [e for e in _validation_containers(t0, v3) if e["Action"] == "die"]
+        assert [e["Actor"]["Attributes"]["exitCode"] for e in died] == ["1"], died  # one container, one try
     assert _champion() == v2
     assert _predict(s.gateway_url)["model_version"] == v2
-    # where it failed: inside the image / the server's own process (exit != 0 with the load error),
-    # not in this worker's offline scoring, which runs only after the served scores came back
-    from include.deployment import DeployError, get_backend, infra_validate
-
-    backend = get_backend()
-    with pytest.raises(DeployError) as err:
-        infra_validate(SESSIONS_MODEL, v3, "sessions", backend.build(SESSIONS_MODEL, v3), backend)
-    where = "the serving image" if backend.name == "docker" else "the server's own process"
-    assert f"failed in {where}" in str(err.value) and "exit 1" in str(err.value), err.value
 
     # deploying the serving champion again changes nothing
     audit = (Path(s.reports_dir) / "deployments.jsonl").read_text().splitlines()
