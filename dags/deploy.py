@@ -1,7 +1,7 @@
 """
 ### deploy: build, infra-validate, canary, analyze, promote, watch, or roll back
 
-`resolve_candidates` ─► per model: `build` ─► `prepare_infra_validation` ─► `choose_infra_validation`
+`resolve_candidates` ─► per model: `build` ─► `prepare_infra_validation`
     ─► `infra_validate_docker` | `infra_validate_local` ─► `switch_traffic` ─► `analyze_canary`
     ─► `promote` ─► `watch_rollback_window`
         └─────────── any failure ──► `rollback`
@@ -17,11 +17,11 @@ the `policy` Param overrides it for one run).
   with no Docker engine (`MLOPS_DEPLOY_BACKEND=local`, or `auto` without an engine) servers are
   local uvicorn processes instead.
 * **infra validation**: `prepare_infra_validation` saves the golden holdout rows and the offline
-  scores training logged for them (XCom: their paths); `choose_infra_validation` follows the
-  backend `build` chose. `infra_validate_docker` is a `DockerOperator`: the serving image, run
-  once, loads the version from the registry, scores the rows and compares (credentials go in its
-  private environment, never in the rendered fields); `infra_validate_local` runs the same check
-  as its own process. A mismatch or a broken artifact fails there, at once (no retry).
+  scores training logged for them (XCom: their paths). The check for the backend `build` chose
+  runs, the other one skips itself. `infra_validate_docker` is a `DockerOperator`: the serving
+  image, run once, loads the version from the registry, scores the rows and compares (credentials
+  go in its private environment, never in the rendered fields); `infra_validate_local` runs the
+  same check as its own process. A mismatch or a broken artifact fails there, at once (no retry).
 * **switch_traffic**: the new server starts next to the champion; once ready it gets the policy's
   **canary** share of the traffic (e.g. 10%; a `X-Model-Version: N` header pins a request to a
   version). The first deploy of a model, a canary weight of 0 and `rollback_to` switch all at once.
@@ -118,26 +118,25 @@ def deploy():
         from include.deployment import prepare_infra_validation
 
         request = prepare_infra_validation(built["model"], built["version"], built["dataset"], built["image"],
-                                           dag_run.run_id)
+                                           built["backend"], dag_run.run_id)
         print(f"golden rows {request['golden']}, offline scores {request['expected']}, verdict to {request['results']}")
         return request
 
-    @task.branch
-    def choose_infra_validation(built: dict, ti=None) -> str:
-        # the backend `build` resolved (`auto`: docker when an engine can build): one check per run
-        return f"{ti.task_id.rpartition('.')[0]}.infra_validate_{built['backend']}"
-
     @task(multiple_outputs=False)
     def infra_validate_local(request: dict) -> None:
+        from airflow.sdk.exceptions import AirflowSkipException
+
         from include.deployment import DeployError, infra_validate_local
         from include.failfast import fail_fast
 
+        if request["backend"] != "local":
+            raise AirflowSkipException(f"the {request['backend']} backend validates in infra_validate_docker")
         # the same process fails the same way: a mismatch or a broken artifact is not retried
         with fail_fast(DeployError):
             verdict = infra_validate_local(request)
         print(f"infra validation passed: {verdict}")
 
-    # after whichever validation ran (the other one is skipped by the branch)
+    # after whichever validation ran (the other one skipped itself)
     @task(multiple_outputs=False, trigger_rule="none_failed_min_one_success")
     def switch_traffic(built: dict, params=None) -> dict:
         from include.deploy_policy import load_policy
@@ -230,16 +229,17 @@ def deploy():
     def release(candidate: dict):
         built = build(candidate)
         request = prepare_infra_validation(built)
-        choice = choose_infra_validation(built)
+        # One check per backend, each skipping itself unless `build` chose its backend (`auto`:
+        # docker when an engine can build). Not a @task.branch: inside a mapped task group a
+        # branch does not skip the path not taken (apache/airflow#67265, open in 3.3).
         in_docker = infra_validation_task("infra_validate_docker", request_task_id=request.operator.task_id)
         in_process = infra_validate_local(request)
-        request >> choice >> [in_docker, in_process]
+        request >> in_docker
         live = switch_traffic(built)
         [in_docker, in_process] >> live
         judged = analyze_canary(live)
         done = promote(judged)
         watched = watch_rollback_window(done)
-        # not the branch itself: it would skip `rollback` as a branch not taken
         [built, request, in_docker, in_process, live, judged, done, watched] >> rollback(candidate)
 
     release.expand(candidate=resolve_candidates())

@@ -410,10 +410,11 @@ def expected_scores(model: str, version: str, dataset: str, golden: Path, s: Set
     return out
 
 
-def prepare_infra_validation(model: str, version: str, dataset: str, image: str | None, dag_run_id: str,
-                             s: Settings | None = None) -> dict:
+def prepare_infra_validation(model: str, version: str, dataset: str, image: str | None, backend: str,
+                             dag_run_id: str, s: Settings | None = None) -> dict:
     """Inputs of one infra validation run, as paths (XCom carries these, never the rows or scores):
-    the golden rows, the offline scores, where the verdict goes, the image and a container name.
+    the golden rows, the offline scores, where the verdict goes, the backend (which check runs),
+    the image and a container name.
 
     The results directory is world-writable: the serving image runs as a non-root uid.
     """
@@ -430,7 +431,8 @@ def prepare_infra_validation(model: str, version: str, dataset: str, image: str 
     results = results_dir / f"{model}-v{version}-{run_key}.json"
     argv = ["-m", "include.infra_validation", "--model", model, "--version", str(version), "--dataset", dataset,
             "--golden", str(golden), "--expected", str(expected), "--results", str(results)]
-    return {"model": model, "version": str(version), "dataset": dataset, "image": image, "argv": argv,
+    return {"model": model, "version": str(version), "dataset": dataset, "backend": backend, "image": image,
+            "argv": argv,
             "golden": str(golden), "expected": str(expected), "results": str(results),
             "container": re.sub(r"[^a-zA-Z0-9_.-]", "-", f"mlops-infra-{model}-v{version}-{run_key}").lower()}
 

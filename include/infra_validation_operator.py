@@ -35,22 +35,27 @@ LABEL = {"mlops-loop": "infra-validation"}
 
 
 class InfraValidationOperator(DockerOperator):
-    """A ``DockerOperator`` whose failed container fails the task without a retry, with the cause."""
+    """A ``DockerOperator`` whose failed container fails the task without a retry, with the cause.
+    It skips itself when ``build`` chose the local backend (infra_validate_local runs instead)."""
 
     def __init__(self, *, request_task_id: str, **kwargs) -> None:
         super().__init__(**kwargs)
         self.request_task_id = request_task_id
 
     def execute(self, context):
-        from airflow.sdk.exceptions import AirflowFailException
+        from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
         from include.deployment import validation_env, validation_failure
 
         ti = context["ti"]
         request = ti.xcom_pull(task_ids=self.request_task_id, map_indexes=ti.map_index)
+        if request["backend"] != "docker":
+            raise AirflowSkipException(f"the {request['backend']} backend validates in infra_validate_local")
         # credentials are read here, in the worker, and handed to the engine only
         self._private_environment = validation_env(settings())[1]
         Path(request["results"]).unlink(missing_ok=True)  # a verdict of an earlier try must not be read
+        for mount in self.mounts:  # the engine refuses a bind mount of a path that does not exist yet
+            Path(mount["Source"]).mkdir(parents=True, exist_ok=True)
         try:
             return super().execute(context)
         except DockerContainerFailedException as err:

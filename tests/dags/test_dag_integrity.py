@@ -112,8 +112,8 @@ def test_parse_is_light_and_offline(path):
 
 
 def test_deploy_validates_in_docker_with_the_docker_operator(dagbag):
-    """In the Docker backend the infra validation is the provider's DockerOperator, chosen by a
-    branch on the backend `build` resolved; both checks lead to switch_traffic."""
+    """In the Docker backend the infra validation is the provider's DockerOperator; it and the local
+    check both follow prepare_infra_validation, and switch_traffic runs after whichever ran."""
     from airflow.providers.docker.operators.docker import DockerOperator
 
     dag = dagbag.dags["deploy"]
@@ -122,10 +122,10 @@ def test_deploy_validates_in_docker_with_the_docker_operator(dagbag):
     assert docker_task.auto_remove == "force" and not docker_task.mount_tmp_dir
     assert "private_environment" not in docker_task.template_fields and docker_task.environment
     assert not {"MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"} & set(docker_task.environment)
-    branch = dag.get_task("release.choose_infra_validation")
-    assert branch.downstream_task_ids == {"release.infra_validate_docker", "release.infra_validate_local"}
-    assert {"release.infra_validate_docker", "release.infra_validate_local"} <= \
-        dag.get_task("release.switch_traffic").upstream_task_ids
+    checks = {"release.infra_validate_docker", "release.infra_validate_local"}
+    assert checks <= dag.get_task("release.prepare_infra_validation").downstream_task_ids
+    switch = dag.get_task("release.switch_traffic")
+    assert checks <= switch.upstream_task_ids and switch.trigger_rule == "none_failed_min_one_success"
 
 
 def test_only_airflow_sdk_imports():
