@@ -281,6 +281,8 @@ class CheckResult:
 def check(dataset: str, *, family: str | None = None, params: dict | None = None, reproduce: bool = False,
           allow_neutral: bool = False, repo: Path | None = None, lock: Path | None = None) -> CheckResult:
     """Train the working tree's pipeline on the champion's recipe and gate it against the champion."""
+    from dvc.exceptions import DvcException
+    from dvc_data.index.index import DataIndexError
     from mlflow.exceptions import MlflowException
 
     from include.gate import (
@@ -329,6 +331,12 @@ def check(dataset: str, *, family: str | None = None, params: dict | None = None
         df = select_window(data_repo().load(dataset, recipe.data_rev, spec), spec, recipe.window_days)
     except DataRepoError as err:
         raise CiError(f"the champion's data rev cannot be loaded: {err}") from err
+    except (DvcException, DataIndexError) as err:  # no remote, not reachable, or the rev's files not in it
+        from include.config import settings
+
+        raise CiError(f"the champion's data rev {recipe.data_rev[:10]} cannot be read from the DVC remote "
+                      f"{settings().dvc_remote!r} (MLOPS_DVC_REMOTE; for S3 the AWS_* credentials and "
+                      f"endpoint): {type(err).__name__}: {err}") from err
 
     sha = code_sha()
     run_tag = sha[:12]

@@ -262,3 +262,13 @@ def test_workflow_model_job_against_remote_mlflow_and_s3_dvc(artifacts, state, s
         roc = next(ln for ln in report.splitlines() if ln.startswith("| roc_auc |"))
         assert roc.endswith("▼ |"), roc
         assert _real_state(url, s3, bucket) == before
+
+        # 3. a DVC remote that does not hold the champion's rows (a wrong MLOPS_DVC_REMOTE), from a
+        #    fresh clone: a setup error (exit 2) naming the remote, not a verdict
+        wrong = {**env, "MLOPS_DVC_REMOTE": f"s3://{bucket}/elsewhere", "MLOPS_DATA_REPO": str(tmp_path / "clone-2")}
+        subprocess.run(["git", "clone", "-q", str(origin), wrong["MLOPS_DATA_REPO"]], check=True)
+        out = subprocess.run([str(VENV_BIN / "mlops-ci"), "check", "--dataset", "sessions"], cwd=workspace,
+                             env=wrong, capture_output=True, text=True, timeout=1800)
+        assert out.returncode == 2, out.stderr[-6000:]
+        assert f"cannot be read from the DVC remote 's3://{bucket}/elsewhere'" in out.stderr, out.stderr[-6000:]
+        assert _real_state(url, s3, bucket) == before
