@@ -84,7 +84,8 @@ def main() -> None:
     from include.demo_data import make_batch, write_batch
     from include.spec import load_spec
     from include.tracking import client, configure_mlflow
-    from include.training import model_input_columns, train_and_register
+    from include.training.metrics import model_input_columns
+    from include.training.train import train_and_register
 
     spec = load_spec("sessions")
     model = train_and_register(make_batch(0, 20_000), spec, family=a.family, seed=1, reason="bench",

@@ -207,7 +207,8 @@ def main() -> None:
 
     from include.demo_data import make_batch
     from include.spec import load_spec
-    from include.training import model_input_columns, train_and_register
+    from include.training.metrics import model_input_columns
+    from include.training.train import train_and_register
 
     spec = load_spec("sessions")
     t0 = time.perf_counter()

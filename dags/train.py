@@ -108,7 +108,8 @@ def train():
 
         from include.failfast import fail_fast
         from include.spec import load_spec
-        from include.training import select_window, train_and_register
+        from include.training.inputs import select_window
+        from include.training.train import train_and_register
         from include.versioning import DataRepo
 
         get_current_context()["dataset"] = lineage["dataset"]  # names the mapped task in the UI

@@ -185,7 +185,7 @@ def _deploy_a_bad_version(s) -> None:
     keeps serving while the canary's scores are compared, and the canary is rolled back."""
     from include.demo_data import make_batch
     from include.spec import load_spec
-    from include.training import train_and_register
+    from include.training.train import train_and_register
 
     spec = load_spec(DEMO_DATASET)
     buggy = make_batch(14, 3000, seed=5)

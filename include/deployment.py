@@ -363,7 +363,7 @@ def golden_sample(model: str, version: str, s: Settings | None = None) -> Path:
 
     from include.infra_validation import GOLDEN_ROWS
     from include.tracking import client, configure_mlflow
-    from include.training import HOLDOUT_ARTIFACT
+    from include.training.model_io import HOLDOUT_ARTIFACT
 
     s = s or settings()
     configure_mlflow()

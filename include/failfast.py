@@ -14,7 +14,7 @@ from contextlib import contextmanager
 
 def permanent_errors() -> tuple[type[BaseException], ...]:
     from include.spec import SpecError
-    from include.training import TrainingInputError
+    from include.training.inputs import TrainingInputError
     from include.versioning import RevisionNotFound
 
     return SpecError, TrainingInputError, RevisionNotFound

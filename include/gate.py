@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from include.training import HIGHER_IS_BETTER, METRICS
+from include.training.metrics import HIGHER_IS_BETTER, METRICS
 
 log = logging.getLogger(__name__)
 
@@ -378,7 +378,7 @@ def score_pair(rows, spec, challenger, champion=None) -> dict:
     Pure given two fitted pipelines: the gate calls it with registered versions, model CI
     (:mod:`include.model_ci`) with a candidate trained from a code change.
     """
-    from include.training import predict_scores, target_array
+    from include.training.metrics import predict_scores, target_array
 
     y = target_array(rows, spec, challenger)
     chall = predict_scores(challenger, rows, spec)
@@ -390,7 +390,7 @@ def score_pair(rows, spec, challenger, champion=None) -> dict:
 
 def compare_checks(rows, spec, scored: dict, policy: Policy) -> list[dict]:
     """Every check of ``policy`` on :func:`score_pair`'s output, with the spec's slices of ``rows``."""
-    from include.training import slice_labels
+    from include.training.metrics import slice_labels
 
     slices = {col: slice_labels(rows, col) for col in spec.slices if col in rows.columns}
     return run_checks(scored["y"], scored["challenger"], scored["champion"], slices, policy)
@@ -491,7 +491,8 @@ def _recipe_keys(mv, spec, run) -> tuple[frozenset[str] | None, str]:
     import pandas as pd
 
     from include.tracking import with_retry
-    from include.training import HOLDOUT_ARTIFACT, select_window, split
+    from include.training.inputs import select_window, split
+    from include.training.model_io import HOLDOUT_ARTIFACT
     from include.versioning import DataRepo, RevisionNotFound
 
     tags, params = mv.tags or {}, run.data.params
@@ -543,7 +544,7 @@ def training_keys(mv, spec, label: str, *, c=None) -> TrainedKeys:
     import pandas as pd
 
     from include.tracking import client, with_retry
-    from include.training import TRAINING_KEYS_ARTIFACT
+    from include.training.model_io import TRAINING_KEYS_ARTIFACT
 
     c = c or client()
     version = str(mv.version)
@@ -728,7 +729,8 @@ def evaluate_and_decide(model_name: str, version: str | int, *, dataset: str, tr
     from include.config import settings
     from include.spec import load_spec
     from include.tracking import client, configure_mlflow, with_retry
-    from include.training import HOLDOUT_ARTIFACT, compute_threads, load_model
+    from include.training.metrics import compute_threads
+    from include.training.model_io import HOLDOUT_ARTIFACT, load_model
 
     override = validate_override(override)
     trigger = dict(trigger or {})
@@ -763,7 +765,7 @@ def evaluate_and_decide(model_name: str, version: str | int, *, dataset: str, tr
         local, err = download_run_artifact(mv.run_id, HOLDOUT_ARTIFACT, tmp)
         if local is None:
             raise ValueError(f"{model_name} v{version} (run {mv.run_id}) has no {HOLDOUT_ARTIFACT}: only versions "
-                             f"trained by include.training.train_and_register can be gated ({err})") from err
+                             f"trained by include.training.train.train_and_register can be gated ({err})") from err
         holdout = pd.read_parquet(local)
     compared = [(f"challenger v{version}", mv)]
     stale = None

@@ -40,7 +40,8 @@ def score_golden(model: str, version: str, golden_path: str, dataset: str) -> li
     import pandas as pd
 
     from include.spec import load_spec
-    from include.training import load_model, predict_scores
+    from include.training.metrics import predict_scores
+    from include.training.model_io import load_model
 
     spec = load_spec(dataset)
     return [float(x) for x in predict_scores(load_model(model, version), pd.read_parquet(golden_path), spec)]

@@ -102,7 +102,7 @@ def data_time_range(dataset: str, rev: str, spec, window_days: float = 0) -> dic
     """min/max of the spec's timestamp over the rows training selected at ``rev`` (None: no timestamp)."""
     import pandas as pd
 
-    from include.training import select_window
+    from include.training.inputs import select_window
     from include.versioning import DataRepo
 
     if not spec.timestamp:

@@ -10,7 +10,7 @@ From the working tree's code:
    hyperparameters (the ones it was fitted with; a search run's chosen ones);
 2. load the dataset exactly as of that rev (DVC) and train the working tree's pipeline with that
    recipe (``--family``/``--param`` on top, e.g. to try new hyperparameters) through
-   :func:`include.training.train_and_register` into a THROW-AWAY MLflow store (a temp SQLite DB +
+   :func:`include.training.train.train_and_register` into a THROW-AWAY MLflow store (a temp SQLite DB +
    artifact dir, deleted afterwards): nothing is registered, aliased or tagged in the real
    registry, and the command checks that before it exits;
 3. score both models on the candidate's holdout minus every row either trained on, with the
@@ -125,7 +125,7 @@ def recipe_of(mv, run) -> Recipe:
 def scratch_store(root: Path):
     """MLflow pointed at a throw-away SQLite store + artifact dir under ``root`` for the block.
 
-    Everything :func:`include.training.train_and_register` does (run, model, registered version)
+    Everything :func:`include.training.train.train_and_register` does (run, model, registered version)
     lands there; the real stores are restored on exit, whatever happens.
     """
     import mlflow
@@ -180,7 +180,7 @@ def data_repo():
 
 
 def _train(df, spec, recipe: Recipe, *, family: str, params: dict, run_key: str) -> dict:
-    from include.training import train_and_register
+    from include.training.train import train_and_register
 
     lineage = {"data_rev": recipe.data_rev, "data_md5": recipe.data_md5, "validation_id": recipe.validation_id,
                "dataset": spec.name, "dag_run_id": run_key,
@@ -198,7 +198,7 @@ def _trained_in_scratch(result: dict, spec, label: str) -> dict:
 
     from include.gate import training_keys
     from include.tracking import client, configure_mlflow
-    from include.training import load_model
+    from include.training.model_io import load_model
 
     configure_mlflow()
     c = client()
@@ -298,7 +298,10 @@ def check(dataset: str, *, family: str | None = None, params: dict | None = None
     )
     from include.spec import SpecError, load_spec
     from include.tracking import client, configure_mlflow, with_retry
-    from include.training import code_sha, compute_threads, load_model, select_window
+    from include.training.inputs import select_window
+    from include.training.lineage import code_sha
+    from include.training.metrics import compute_threads
+    from include.training.model_io import load_model
     from include.versioning import DataRepoError
 
     try:
@@ -415,7 +418,8 @@ def _git(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(["git", "-C", str(_project_root()), *args], capture_output=True, text=True, timeout=30)
 
 
-# Run by train_at_commit in the champion's own checkout, so every import below is that commit's code.
+# Run by train_at_commit in the champion's own checkout, so every import below is that commit's code
+# (``from include.training import``: the names every commit's include.training provides).
 _TRAIN_AT_COMMIT = """
 import json, sys
 import include
@@ -514,7 +518,7 @@ def dependency_diff(champion: dict[str, str] | None, candidate: dict[str, str] |
     """What changed in the dependencies: the working tree's lock file against the full lock the
     champion's run logged (every added, removed or re-pinned package), and the model's own pins
     (its ``requirements.txt``) against the candidate's."""
-    from include.training import LOCK_FILE
+    from include.training.model_io import LOCK_FILE
 
     lock_path = lock_path or _project_root() / LOCK_FILE
     lock = _pins(lock_path.read_text()) if lock_path.exists() else None
@@ -544,7 +548,7 @@ def _f(x: Any) -> str:
 
 
 def render(r: CheckResult) -> str:
-    from include.training import HIGHER_IS_BETTER
+    from include.training.metrics import HIGHER_IS_BETTER
 
     badge = {"passed": "PASSED", NO_CHANGE: "NO SIGNIFICANT CHANGE"}.get(r.verdict, r.verdict.upper())
     cand = r.candidate

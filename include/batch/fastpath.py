@@ -17,7 +17,7 @@ SimpleImputer and OneHotEncoder, then an ``hstack``). Both have exact, vectorise
 
 :func:`scorer` returns None when the pipeline is not of that shape (another family, native
 categorical splits, multiclass, trees with more than 64 leaves); the caller then uses
-:func:`include.training.predict_scores`. The equality is tested against ``predict_scores`` on rows
+:func:`include.training.metrics.predict_scores`. The equality is tested against ``predict_scores`` on rows
 with missing and unknown values (``tests/unit/test_batch_fastpath.py``).
 """
 

@@ -158,7 +158,7 @@ def label(part: dict) -> str:
 @functools.lru_cache(maxsize=2)
 def _model(name: str, version: str):
     """Loaded once per worker process, whatever the number of partitions it scores."""
-    from include.training import load_model
+    from include.training.model_io import load_model
 
     return load_model(name, version)
 
@@ -299,7 +299,7 @@ def _chunk_scorer(model, spec, validator):
     (:mod:`include.batch.fastpath`, equal bit for bit), else ``predict_scores`` on the framed rows."""
     from include.batch.fastpath import scorer
     from include.config import env_number
-    from include.training import predict_scores
+    from include.training.metrics import predict_scores
 
     def slow(checked, ok_idx) -> np.ndarray:
         return np.asarray(predict_scores(model, validator.frame(checked), spec), dtype=np.float64)

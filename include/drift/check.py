@@ -177,7 +177,9 @@ def reference_for_model(
     df = DataRepo().load(dataset, rev, spec)
     if not prediction_col:
         return df
-    from include.training import load_model, predict_scores, split
+    from include.training.inputs import split
+    from include.training.metrics import predict_scores
+    from include.training.model_io import load_model
 
     params = with_retry(c.get_run, mv.run_id).data.params
     _, val, test = split(df, spec, seed=int(params.get("seed", 42)),

@@ -38,7 +38,7 @@ def join_labels(
 
     Only predictions that carry the key can be joined (``n_predictions`` counts those); duplicates
     keep the last prediction (by ``ts_col`` when present) and the last label. Metrics
-    are :func:`include.training.compute_metrics` (the ones the gate uses: roc_auc, accuracy, f1,
+    are :func:`include.training.metrics.compute_metrics` (the ones the gate uses: roc_auc, accuracy, f1,
     log_loss; or rmse, mae, r2), empty when no row has a label. ``prediction_col`` holds
     P(positive) for classification, as the serving API logs it.
     """
@@ -65,7 +65,7 @@ def join_labels(
     joined = joined[pd.to_numeric(joined[prediction_col], errors="coerce").notna()]
     metrics: dict[str, float] = {}
     if len(joined):
-        from include.training import compute_metrics
+        from include.training.metrics import compute_metrics
 
         metrics = compute_metrics(joined[label_name].to_numpy(), joined[prediction_col].to_numpy(float), task)
     n_pred = len(preds)

@@ -83,7 +83,7 @@ def create_app(
     ``spec``: a DatasetSpec or a dataset name (loaded from the configured specs dir).
     ``admin_token``: enables ``POST /admin/reload`` (disabled when None/empty).
     ``model_loader(name, version)`` / ``scorer(model, df, spec)`` default to
-    :func:`include.training.load_model` / :func:`include.training.predict_scores`.
+    :func:`include.training.model_io.load_model` / :func:`include.training.metrics.predict_scores`.
     The model is loaded in the background at startup; ``/ready`` says when it is serving.
     """
     version = str(version).strip()

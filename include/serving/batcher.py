@@ -125,14 +125,15 @@ class ModelServer:
     # -- model loading ----------------------------------------------------------------------------
 
     def _model_columns(self) -> list[Column]:
-        # the pipeline reads numeric and categorical features (include.training.model_input_columns)
+        # the pipeline reads numeric and categorical features (include.training.metrics.model_input_columns)
         return [c for c in self.spec.feature_columns if c.dtype != "datetime"]
 
     def _load(self, version: str) -> ModelState:
         """Load ``models:/name/version`` and score the golden sample with it (blocking)."""
         t0 = time.perf_counter()
         if self._loader is None or self._scorer is None:
-            from include.training import load_model, predict_scores
+            from include.training.metrics import predict_scores
+            from include.training.model_io import load_model
 
             self._loader = self._loader or load_model
             self._scorer = self._scorer or predict_scores

@@ -29,7 +29,7 @@ def test_batch_run_killed_at_each_crash_point_completes_once_on_rerun(state, tmp
     from include.batch import job
     from include.spec import load_spec
     from include.tracking import client, configure_mlflow
-    from include.training import train_and_register
+    from include.training.train import train_and_register
 
     spec = load_spec("sessions")
     model = train_and_register(make_batch(0, 1500), spec, family="logreg", seed=1, reason="test", run_key="batch-crash",

@@ -93,7 +93,8 @@ POINTS = ["train.after_log_model", "train.after_finish"]
 @pytest.mark.parametrize("point", POINTS)
 def test_mlflow_killed_mid_training_then_retry_leaves_one_complete_version(mlflow_server, tmp_path, point):
     from include.tracking import HTTP_DEFAULTS
-    from include.training import load_model, train_and_register
+    from include.training.model_io import load_model
+    from include.training.train import train_and_register
 
     run_key = f"rk-mlflow-down-{point.split('.')[1]}"
     holds = tmp_path / "holds"

@@ -64,7 +64,8 @@ CASES = {
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_crash_then_retry_registers_exactly_one_complete_version(state, case):
-    from include.training import load_model, train_and_register
+    from include.training.model_io import load_model
+    from include.training.train import train_and_register
 
     run_key = f"rk-chaos-{case}"
     for point in CASES[case]:

@@ -35,7 +35,7 @@ def _champion(state) -> dict:
     from include.ingestion import commit_validated, validate_landed
     from include.spec import load_spec
     from include.tracking import client, configure_mlflow
-    from include.training import train_and_register
+    from include.training.train import train_and_register
     from include.versioning import DataRepo
 
     landing = Path(state.landing) / "sessions"
@@ -102,7 +102,8 @@ def BAD_ROWS(good_rows: list[dict]) -> list[dict]:  # the online twin of each BA
 
 def test_batch_score_dag_scores_like_the_server_and_rejects_like_it(airflow_db, state, tmp_path):
     from include.spec import load_spec
-    from include.training import load_model, predict_scores
+    from include.training.metrics import predict_scores
+    from include.training.model_io import load_model
     from tests.dagrun import run_dag
 
     model = _champion(state)
@@ -183,7 +184,8 @@ def test_data_repo_revision_scores_the_rows_the_revision_holds(state):
     from include.batch import job
     from include.ingestion import commit_validated, validate_landed
     from include.spec import load_spec
-    from include.training import load_model, predict_scores
+    from include.training.metrics import predict_scores
+    from include.training.model_io import load_model
     from include.versioning import DataRepo
 
     model = _champion(state)

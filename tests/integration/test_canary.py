@@ -35,7 +35,7 @@ def local_deploy(airflow_db, state, monkeypatch):
 
 def _train(day: int, *, flip_labels: bool = False) -> str:
     from include.spec import load_spec
-    from include.training import train_and_register
+    from include.training.train import train_and_register
 
     spec = load_spec("sessions")
     df = make_batch(day, 1500)

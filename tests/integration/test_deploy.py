@@ -93,7 +93,7 @@ def _validation_containers(since: float, version: str) -> list[dict]:
 
 def _train(day: int, rows: int, family: str = "logreg") -> str:
     from include.spec import load_spec
-    from include.training import train_and_register
+    from include.training.train import train_and_register
 
     spec = load_spec("sessions")
     out = train_and_register(

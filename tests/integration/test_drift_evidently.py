@@ -208,7 +208,7 @@ def test_concept_drift_is_caught_by_late_labels_not_by_the_inputs(state, spec, r
 @pytest.mark.slow
 def test_reference_for_a_registered_version_comes_from_its_dvc_rev(state, spec):
     """The DAG-facing path: data at the champion's data_rev, with its out-of-sample scores."""
-    from include.training import train_and_register
+    from include.training.train import train_and_register
     from include.versioning import DataRepo
 
     batch = make_batch(0, 3_000, seed=5)

@@ -55,7 +55,7 @@ def visits(state, tmp_path, monkeypatch):
 
 def _train(spec, version, *, family="hgb", params=None, run_key: str) -> dict:
     """What the train DAG's `fit` does: the dataset exactly as of the revision, then train."""
-    from include.training import train_and_register
+    from include.training.train import train_and_register
     from include.versioning import DataRepo
 
     lineage = {"data_rev": version.dvc_rev, "data_md5": version.md5, "validation_id": version.validation_id,
@@ -81,7 +81,8 @@ def _shared_holdout_comparison(spec, challenger: dict, champion: dict) -> dict:
     import mlflow
 
     from include.gate import DEFAULT_POLICIES
-    from include.training import load_model, predict_scores, target_array
+    from include.training.metrics import predict_scores, target_array
+    from include.training.model_io import load_model
 
     holdout = pd.read_parquet(mlflow.artifacts.download_artifacts(challenger["holdout_uri"]))
     chall, champ = load_model(MODEL, challenger["version"]), load_model(MODEL, champion["version"])
@@ -98,7 +99,7 @@ def _shared_holdout_comparison(spec, challenger: dict, champion: dict) -> dict:
 def test_an_overfit_champion_is_judged_only_on_rows_it_never_saw(visits, monkeypatch, champion_keys):
     import mlflow
 
-    import include.training as training
+    import include.training.train as training
     from include.versioning import DataRepo
 
     spec, (rev1, rev2) = visits

@@ -22,7 +22,8 @@ def test_prediction_traces_back_to_data_validation_and_code(state):
     from include.lineage import LineageError, trace_prediction
     from include.serving.app import create_app
     from include.spec import load_spec
-    from include.training import code_sha, train_and_register
+    from include.training.lineage import code_sha
+    from include.training.train import train_and_register
     from include.versioning import DataRepo
 
     landing = Path(state.landing) / "sessions"

@@ -10,7 +10,7 @@ import pytest
 from include.demo_data import make_batch
 from include.gate import evaluate_and_decide
 from include.spec import load_spec
-from include.training import train_and_register
+from include.training.train import train_and_register
 from tests.services import SESSIONS_MODEL
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

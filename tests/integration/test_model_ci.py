@@ -36,7 +36,7 @@ def sessions_rev(state):
 def _champion(spec, v, *, params=None, run_key: str) -> str:
     """What train + deploy leave behind: a version trained on the rev, crowned champion."""
     from include.tracking import client
-    from include.training import train_and_register
+    from include.training.train import train_and_register
     from include.versioning import DataRepo
 
     lineage = {"data_rev": v.dvc_rev, "data_md5": v.md5, "validation_id": v.validation_id, "dataset": "sessions",
@@ -92,7 +92,7 @@ def test_model_ci_identical_better_and_slice_breaking_changes(state, sessions_re
 
     # 2. a change that corrupts one slice (mobile labels shuffled before the fit: a bad join, say)
     #    is rejected, and the report names the slice
-    import include.training as training
+    import include.training.train as training
 
     fit = training._fit
 
@@ -150,7 +150,7 @@ def client_tags(version: str) -> dict:
 _TRAIN_HERE = """
 import json, sys
 from include.spec import load_spec
-from include.training import train_and_register
+from include.training.train import train_and_register
 from include.versioning import DataRepo
 rev = sys.argv[1]
 spec = load_spec("sessions")
@@ -174,7 +174,7 @@ def test_model_ci_reports_non_determinism_of_the_champions_own_commit(state, ses
     # another model each time. The champion is trained by that commit's code (a clone of this repo).
     repo = tmp_path / "repo"
     subprocess.run(["git", "clone", "-q", "--shared", str(PROJECT_ROOT), str(repo)], check=True)
-    training = repo / "include" / "training.py"
+    training = repo / "include" / "training" / "train.py"
     src = training.read_text()
     fit = "def _fit(spec, family, hp, seed, train):\n"
     assert src.count(fit) == 1

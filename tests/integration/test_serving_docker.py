@@ -114,7 +114,7 @@ def store():
 def registered(store):
     """An hgb pipeline (the family whose trees need the skops allow-list) trained and registered."""
     from include.demo_data import make_batch
-    from include.training import train_and_register
+    from include.training.train import train_and_register
 
     spec = load_spec("sessions")
     df = pd.concat([make_batch(d, 800, seed=3) for d in range(3)], ignore_index=True)
@@ -175,7 +175,8 @@ def container(image, store, registered):
 
 def test_container_serves_the_registered_version_like_offline(container, registered):
     from include.demo_data import make_batch
-    from include.training import load_model, predict_scores
+    from include.training.metrics import predict_scores
+    from include.training.model_io import load_model
 
     spec = registered["spec"]
     holdout = make_batch(20, 200, seed=5)

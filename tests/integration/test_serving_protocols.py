@@ -55,7 +55,7 @@ def served(tmp_path_factory):
 
         from include.demo_data import make_batch
         from include.serving.app import create_app
-        from include.training import train_and_register
+        from include.training.train import train_and_register
 
         df = pd.concat([make_batch(d, 600, seed=7) for d in range(3)], ignore_index=True)
         reg = train_and_register(df, spec, lineage={"data_rev": "test", "dataset": "sessions"},

@@ -20,7 +20,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 def same_code(monkeypatch):
     """The code identity of this checkout, read once: a shared dev checkout may be edited while the
     test runs, which would (rightly) make every training a new recipe. tests/unit covers its changes."""
-    import include.training as training
+    import include.training.train as training
 
     identity = training.code_identity()
     monkeypatch.setattr(training, "code_identity", lambda: identity)
@@ -46,7 +46,8 @@ def _versions() -> list:
 def test_same_recipe_is_refused_other_recipes_and_force_train(state, ingested):
     from include.spec import load_spec
     from include.tracking import client, configure_mlflow
-    from include.training import RECIPE_TAG, train_and_register
+    from include.training.lineage import RECIPE_TAG
+    from include.training.train import train_and_register
     from include.versioning import DataRepo
 
     spec = load_spec("sessions")

@@ -19,15 +19,11 @@ import yaml
 
 from include.demo_data import make_batch
 from include.spec import load_spec
-from include.training import (
-    SKOPS_TRUSTED_TYPES,
-    TrainingInputError,
-    load_model,
-    make_run_key,
-    predict_scores,
-    split,
-    train_and_register,
-)
+from include.training.inputs import TrainingInputError, split
+from include.training.lineage import make_run_key
+from include.training.metrics import predict_scores
+from include.training.model_io import SKOPS_TRUSTED_TYPES, load_model
+from include.training.train import train_and_register
 from tests.services import SESSIONS_MODEL, unavailable
 
 pytestmark = pytest.mark.integration
@@ -171,7 +167,7 @@ def test_search_logs_candidates_and_picks_by_val(state, spec, batch):
 def test_failed_registration_leaves_no_version_and_retry_registers_once(state, spec, batch, monkeypatch):
     import mlflow
 
-    import include.training as training
+    import include.training.train as training
 
     real = mlflow.register_model
 

@@ -9,7 +9,8 @@ import pytest
 from include.batch.fastpath import scorer
 from include.batch.rows import ChunkValidator
 from include.spec import load_spec
-from include.training import build_pipeline, model_input_columns, predict_scores
+from include.training.metrics import model_input_columns, predict_scores
+from include.training.pipeline import build_pipeline
 
 
 def _batch(dataset: str, day: int, n: int):

@@ -88,7 +88,9 @@ def test_requests_carry_features_and_key_but_no_answer():
 @pytest.mark.slow
 def test_the_loops_model_fits_it_and_the_drift_check_sees_covariate_drift(spec, tmp_path):
     from include.drift import compute_drift, decide_retrain
-    from include.training import build_pipeline, compute_metrics, model_input_columns, predict_scores, split
+    from include.training.inputs import split
+    from include.training.metrics import compute_metrics, model_input_columns, predict_scores
+    from include.training.pipeline import build_pipeline
 
     df = pd.concat([make_batch(d, 1500) for d in range(2)], ignore_index=True)
     train, _, test = split(df, spec)

@@ -48,7 +48,8 @@ def registry(tmp_path_factory, spec):
         mp.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         from include.demo_data import make_batch
         from include.tracking import client
-        from include.training import load_model, train_and_register
+        from include.training.model_io import load_model
+        from include.training.train import train_and_register
 
         df = pd.concat([make_batch(d, 600, seed=7) for d in range(3)], ignore_index=True)
         reg = train_and_register(df, spec, lineage={"data_rev": "test", "dataset": "sessions"},
@@ -112,7 +113,7 @@ VALID = {"device": "mobile", "country": "US", "channel": "paid", "returning": 1,
 
 @pytest.mark.slow  # trains and registers a real model (module fixture, ~10 s once)
 def test_single_and_batch_predictions_equal_offline_and_name_the_version(client, registry, spec, holdout):
-    from include.training import predict_scores
+    from include.training.metrics import predict_scores
 
     offline = predict_scores(registry["model"], holdout, spec)
     assert np.isnan(holdout["price_viewed"]).sum() >= 0  # nulls (if any) travel as JSON null

@@ -11,18 +11,11 @@ from sklearn.metrics import roc_auc_score
 
 from include.demo_data import make_batch
 from include.spec import load_spec, parse_spec
-from include.training import (
-    FAMILIES,
-    SKOPS_TRUSTED_TYPES,
-    TrainingInputError,
-    build_pipeline,
-    check_frame,
-    compute_metrics,
-    make_run_key,
-    metric_key,
-    predict_scores,
-    split,
-)
+from include.training.inputs import TrainingInputError, check_frame, split
+from include.training.lineage import make_run_key
+from include.training.metrics import compute_metrics, metric_key, predict_scores
+from include.training.model_io import SKOPS_TRUSTED_TYPES
+from include.training.pipeline import FAMILIES, build_pipeline
 
 
 @pytest.fixture(scope="module")
@@ -247,7 +240,7 @@ def test_with_retry_retries_only_unreachable_errors():
 def test_select_window_keeps_the_newest_days_only():
     from include.demo_data import make_batch
     from include.spec import load_spec
-    from include.training import TrainingInputError, select_window
+    from include.training.inputs import TrainingInputError, select_window
 
     spec = load_spec("sessions")
     df = pd.concat([make_batch(0, 100), make_batch(5, 100), make_batch(6, 100)], ignore_index=True)
@@ -262,7 +255,7 @@ def test_select_window_keeps_the_newest_days_only():
 def test_code_identity_is_the_sha_plus_what_is_uncommitted_under_include_and_dags(tmp_path, monkeypatch):
     import subprocess
 
-    import include.training as training
+    import include.training.lineage as training
 
     def git(*args):
         subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
@@ -288,7 +281,7 @@ def test_code_identity_is_the_sha_plus_what_is_uncommitted_under_include_and_dag
 
 
 def test_training_recipe_changes_with_anything_that_changes_the_model():
-    from include.training import training_recipe
+    from include.training.lineage import training_recipe
 
     spec = load_spec("sessions")
     lin = {"dataset": "sessions", "data_rev": "abc", "data_md5": "m1", "dag_run_id": "r1", "validation_id": "v1"}
@@ -308,3 +301,30 @@ def test_training_recipe_changes_with_anything_that_changes_the_model():
             ("holdout_frac", 0.3), ("val_frac", 0.1))),
     ]
     assert base not in changed and len(set(changed)) == len(changed)
+
+
+# what the model server and the gate import; none of it may pull in the training code or MLflow
+LIGHT_MODULES = ["include.training.metrics", "include.training.model_io"]
+HEAVY = ("mlflow", "sklearn", "pandas", "include.training.train", "include.training.pipeline")
+
+
+def test_scoring_and_model_io_import_without_the_training_code_or_mlflow():
+    import subprocess
+    import sys
+
+    from include.config import PROJECT_ROOT
+
+    code = (f"import sys\nfor m in {LIGHT_MODULES!r}: __import__(m)\n"
+            f"print(sorted(m for m in sys.modules if m in {HEAVY!r} or m.split('.')[0] in {HEAVY!r}))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout  # a fresh interpreter: nothing loaded but what they import
+    # the package still answers for its old single-module names, loading only the module asked for
+    code = "import sys, include.training as t\nt.compute_metrics\nprint('include.training.train' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+    import include.training as training
+    from include.training.train import train_and_register
+
+    assert training.train_and_register is train_and_register
+    with pytest.raises(AttributeError, match="no attribute 'fit_everything'"):
+        training.fit_everything  # noqa: B018
