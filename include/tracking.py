@@ -130,6 +130,24 @@ def with_retry(
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+def download_artifact(artifact_uri: str, dst: str) -> tuple[str | None, MlflowException | OSError | None]:
+    """``(local path, None)``, or ``(None, the error)`` when there is no such artifact.
+
+    Only "not there" is an answer: a store that cannot be reached (after :func:`with_retry`'s
+    attempts) raises :class:`TrackingUnavailable`, so no reader mistakes an outage for an artifact
+    that was never logged.
+    """
+    try:
+        return with_retry(mlflow.artifacts.download_artifacts, artifact_uri=artifact_uri, dst_path=dst), None
+    except (MlflowException, OSError) as err:
+        if is_unreachable(err):
+            raise TrackingUnavailable(
+                f"MLflow at {mlflow.get_tracking_uri()} is unreachable ({type(err).__name__}: {str(err)[:600]}); "
+                f"could not tell whether {artifact_uri} exists"
+            ) from err
+        return None, err
+
+
 def fails_clearly_when_unreachable(then: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
     """Decorator: an unreachable tracking store ends ``fn`` with :class:`TrackingUnavailable`, whose
     message names the store, the underlying error and ``then`` (what the retry will do)."""
