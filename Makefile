@@ -27,7 +27,7 @@ stop:                   ## stop the model servers and the serving edge the demo/
 	-$(PY) -m include.deployment stop
 
 test: install           ## every test: integrity, unit, integration, e2e (what CI runs), on 2 xdist workers
-	$(PY) -m pytest tests -q -p no:cacheprovider --timeout=1800 -n 2 --dist loadgroup --durations=30
+	$(PY) -m pytest tests -q -p no:cacheprovider --timeout=1800 -n 2 --dist loadscope --no-loadscope-reorder --durations=30
 
 test-fast: install      ## the quick layer: DAG integrity + unit tests, skips slow/e2e
 	$(PY) -m pytest tests/dags tests/unit -q -m "not slow and not e2e"

@@ -7,7 +7,9 @@ quarantine) comes from the ``state`` fixture.
 
 from __future__ import annotations
 
+import functools
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -131,10 +133,11 @@ def _close_mlops_loop() -> None:
         stack.close()
 
 
-# `make test` runs on two pytest-xdist workers (`-n 2 --dist loadgroup`): most of the suite's time
-# is spent waiting on live services, not computing. A group is what must stay on one worker: a test
-# module (its module fixtures start servers once), or every user of the `mlops_loop` stack. Groups
-# of the slowest layers go first, so no live-stack module starts last while the other worker idles.
+# `make test` runs on two pytest-xdist workers (`-n 2 --dist loadscope --no-loadscope-reorder`):
+# most of the suite's time is spent waiting on live services, not computing. What must stay on one
+# worker is a test module (its module fixtures start servers once) and every module using the
+# `mlops_loop` stack; units go out in collection order, which puts the slowest layers first, so no
+# live-stack module starts last while the other worker idles.
 _SLOWEST_FIRST = ("e2e", "ui", "chaos", "slow")
 
 
@@ -143,22 +146,38 @@ def _layer_rank(item) -> int:
                 len(_SLOWEST_FIRST))
 
 
-# tryfirst: xdist reads the xdist_group marks in its own collection hook
+@functools.cache
+def _uses_mlops_loop(module: str) -> bool:
+    path = Path(__file__).resolve().parent.parent / module
+    return path.is_file() and re.search(rf"\b{MLOPS_LOOP_FIXTURE}\b", path.read_text()) is not None
+
+
+def _unit(nodeid: str) -> str:
+    module = nodeid.split("::", 1)[0]
+    return MLOPS_LOOP_FIXTURE if _uses_mlops_loop(module) else module
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    # xdist's own `loadgroup` cannot be used: it renames node ids through `item._nodeid`, which
+    # pytest 9 no longer reads, so every test became its own unit (seen: one module's live stack
+    # started on both workers). This is `loadscope` with our units instead.
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModuleUnits(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return _unit(nodeid)
+
+    return ModuleUnits(config, log) if config.getoption("dist") == "loadscope" else None
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(session, config, items):
-    def group(item) -> str:
-        if MLOPS_LOOP_FIXTURE in getattr(item, "fixturenames", ()):
-            return MLOPS_LOOP_FIXTURE
-        return item.nodeid.split("::", 1)[0]
-
     members: dict[str, list] = {}
     for item in items:
-        members.setdefault(group(item), []).append(item)
-    ranked = sorted(members.items(), key=lambda kv: min(_layer_rank(i) for i in kv[1]))  # stable
-    items[:] = [item for _, group_items in ranked for item in group_items]
-    for name, group_items in members.items():
-        for item in group_items:
-            item.add_marker(pytest.mark.xdist_group(name))
+        members.setdefault(_unit(item.nodeid), []).append(item)
+    ranked = sorted(members.values(), key=lambda group: min(_layer_rank(i) for i in group))  # stable
+    items[:] = [item for group in ranked for item in group]
     if MLOPS_LOOP_FIXTURE in members:
         _mlops_loop["last"] = members[MLOPS_LOOP_FIXTURE][-1]
 
