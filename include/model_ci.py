@@ -28,7 +28,8 @@ with the retrain's: an exact match, or "non-determinism" with the metrics that d
 
 Exit status: 0 when the gate would pass the candidate, or when its scores are identical to the
 champion's ("no significant change"); 1 when the gate would reject it (or ``--reproduce`` finds
-non-determinism); 2 for a usage or setup error (no champion, unknown dataset, missing data rev).
+non-determinism); 2 for a usage or setup error (no champion, unknown dataset, missing data rev,
+MLflow unreachable).
 ``--allow-neutral`` also passes a change whose only failed check is significance and that is not
 significantly worse either (a refactor that moves scores by noise).
 
@@ -216,18 +217,14 @@ def model_requirements(name: str, version: str) -> dict[str, str] | None:
 
 
 def _artifact_pins(artifact_uri: str) -> dict[str, str] | None:
-    """``{package: version}`` pinned in a logged requirements/constraints file, None if absent."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    from include.tracking import with_retry
+    """``{package: version}`` pinned in a logged requirements/constraints file, None if it was never
+    logged; an unreachable MLflow raises :class:`~include.tracking.TrackingUnavailable` (an outage
+    is not "no pins": the report would say nothing changed)."""
+    from include.tracking import download_artifact
 
     with tempfile.TemporaryDirectory(prefix="model-ci-pins-") as tmp:
-        try:
-            local = with_retry(mlflow.artifacts.download_artifacts, artifact_uri=artifact_uri, dst_path=tmp)
-        except (MlflowException, OSError):
-            return None
-        return _pins(Path(local).read_text())
+        local, _ = download_artifact(artifact_uri, tmp)
+        return None if local is None else _pins(Path(local).read_text())
 
 
 def _pins(text: str) -> dict[str, str]:
@@ -674,13 +671,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from include.tracking import TrackingUnavailable, fails_clearly_when_unreachable
+
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        result = check(args.dataset, family=args.family, params=dict(args.param) or None,
-                       reproduce=args.reproduce, allow_neutral=args.allow_neutral, repo=args.repo,
-                       lock=args.lock)
-    except CiError as err:
+        # an outage is a setup error with its cause, not a verdict (nor a traceback)
+        result = fails_clearly_when_unreachable("nothing was judged: run mlops-ci again once it is back")(check)(
+            args.dataset, family=args.family, params=dict(args.param) or None, reproduce=args.reproduce,
+            allow_neutral=args.allow_neutral, repo=args.repo, lock=args.lock)
+    except (CiError, TrackingUnavailable) as err:
         print(f"mlops-ci: {err}", file=sys.stderr)
         return 2
     report = render(result)
