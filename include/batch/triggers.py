@@ -19,55 +19,68 @@ asked for batch scoring runs exactly as before. When some dataset opts in, the D
 on the Assets that some policy wants, and each run scores only the datasets whose policy wants
 the event that triggered it; the others are skipped with a log line saying why.
 
-Parse-time safe: stdlib + ``include.assets``; YAML is only imported when a policy file exists.
+Parse-time safe: stdlib, pydantic (Airflow itself imports it) and ``include.assets``; YAML is
+only imported when a policy file exists.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError, field_validator
 
 from include.assets import DATASET, DEPLOYMENT, asset_extras, newest_per
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class BatchPolicy:
-    on_new_data: bool = False
-    on_promotion: bool = False
+class BatchPolicy(BaseModel):
+    """One dataset's batch policy; :meth:`from_dict` reads a policy file's mapping."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    on_new_data: StrictBool = False
+    on_promotion: StrictBool = False
     model_version: str | None = None
     source: str = "latest"
     output: str | None = None
-    partition_rows: int | None = None
-    chunk_rows: int | None = None
-    path: str | None = None  # where it was read from (None: the defaults)
+    partition_rows: StrictInt | None = Field(None, ge=100)  # whole rows; YAML's true is not 1
+    chunk_rows: StrictInt | None = Field(None, ge=100)
+    path: str | None = None  # where it was read from (None: the defaults); not a key of the file
+
+    @field_validator("model_version", "output", mode="before")
+    @classmethod
+    def _text(cls, v: Any) -> Any:
+        return None if v is None else str(v)  # `model_version: 3` is the version "3"
+
+    @field_validator("source", mode="before")
+    @classmethod
+    def _source(cls, v: Any) -> Any:
+        return str(v) if v not in (None, "") else "latest"
 
     @classmethod
     def from_dict(cls, raw: Any, *, where: str) -> BatchPolicy:
+        """The policy in ``raw`` (a file's mapping, optionally under one ``batch:`` key); a
+        ``ValueError`` naming ``where`` and every wrong key otherwise."""
         if raw is None:
             raw = {}
         if isinstance(raw, dict) and isinstance(raw.get("batch"), dict) and len(raw) == 1:
             raw = raw["batch"]
         if not isinstance(raw, dict):
             raise ValueError(f"{where}: a batch policy must be a mapping")
-        known = {f.name for f in fields(cls)} - {"path"}
-        unknown = sorted(set(raw) - known)
-        if unknown:
-            raise ValueError(f"{where}: unknown key(s) {unknown}; known: {sorted(known)}")
-        for k in ("on_new_data", "on_promotion"):
-            if k in raw and not isinstance(raw[k], bool):
-                raise ValueError(f"{where}: {k} must be true or false, got {raw[k]!r}")
-        for k in ("partition_rows", "chunk_rows"):
-            v = raw.get(k)
-            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 100):
-                raise ValueError(f"{where}: {k} must be a whole number of rows >= 100, got {v!r}")
-        for k in ("model_version", "source", "output"):
-            if raw.get(k) is not None:
-                raw = {**raw, k: str(raw[k])}
-        return cls(**{**raw, "source": raw.get("source") or "latest"}, path=where)
+        known = sorted(set(cls.model_fields) - {"path"})
+        if "path" in raw:  # set from where the file is, never by the file
+            raise ValueError(f"{where}: unknown key 'path' (known: {known})")
+        try:
+            return cls.model_validate({**raw, "path": where})
+        except ValidationError as err:
+            problems = "; ".join(
+                f"unknown key {e['loc'][0]!r} (known: {known})" if e["type"] == "extra_forbidden"
+                else f"{'.'.join(map(str, e['loc']))}: {e['msg']}, got {e['input']!r}"
+                for e in err.errors())
+            raise ValueError(f"{where}: {problems}") from None
 
 
 def policy_path(dataset: str, policies_dir: Path | None = None) -> Path:

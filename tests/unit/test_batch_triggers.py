@@ -73,8 +73,16 @@ def test_manual_runs_are_their_params_and_bad_policies_fail_clearly(policies):
     assert triggers.requested({"dataset": "sessions", "source": "x"}, None) == [{"dataset": "sessions", "source": "x"}]
     assert triggers.requested({"dataset": "sessions"}, _events()) == [{"dataset": "sessions"}]
     (policies / "batch_sessions.yaml").write_text("on_new_data: yes please\n")
-    with pytest.raises(ValueError, match="on_new_data must be true or false"):
+    with pytest.raises(ValueError, match="batch_sessions.yaml: on_new_data: Input should be a valid boolean, "
+                                         "got 'yes please'"):
         triggers.load_policy("sessions")
     (policies / "batch_sessions.yaml").write_text("on_new_dat: true\n")
-    with pytest.raises(ValueError, match=r"unknown key\(s\) \['on_new_dat'\]"):
+    with pytest.raises(ValueError, match=r"unknown key 'on_new_dat' \(known: \['chunk_rows', 'model_version', "
+                                         r"'on_new_data',"):
         triggers.load_policy("sessions")
+    for rows, why in (("true", "a valid integer, got True"), ("50", "greater than or equal to 100, got 50")):
+        (policies / "batch_sessions.yaml").write_text(f"chunk_rows: {rows}\n")
+        with pytest.raises(ValueError, match=f"chunk_rows: Input should be {why}"):
+            triggers.load_policy("sessions")
+    (policies / "batch_sessions.yaml").write_text("model_version: 3\nsource:\n")  # YAML's 3 is the version "3"
+    assert (triggers.load_policy("sessions").model_version, triggers.load_policy("sessions").source) == ("3", "latest")
