@@ -55,7 +55,7 @@ def log_golden_scores(holdout: Path, model, spec) -> None:
     import mlflow
     import pandas as pd
 
-    from include.training import predict_scores
+    from include.training.metrics import predict_scores
 
     rows = pd.read_parquet(holdout).head(GOLDEN_ROWS)
     path = holdout.parent / Path(EXPECTED_ARTIFACT).name
