@@ -39,19 +39,6 @@ def code_dirty() -> str:
     return "true" if out.stdout.strip() else "false"
 
 
-def make_run_key(dataset: str, data_rev: str, *, family: str = "hgb", params: dict | None = None,
-                 seed: int = 42, search: bool = False) -> str:
-    """A run key derived from everything that determines the model: same inputs, same key.
-
-    Passing it to :func:`~include.training.train.train_and_register` makes a retry or a re-trigger
-    on the same data and config return the existing version instead of registering a second one.
-    """
-    cfg = json.dumps({"family": family, "params": params or {}, "seed": seed, "search": search},
-                     sort_keys=True, default=str)
-    digest = hashlib.sha256(cfg.encode()).hexdigest()[:10]
-    return f"{dataset}@{data_rev}/{family}/{digest}"
-
-
 def code_identity() -> str:
     """The code a model is trained with: the git sha, plus a digest of the uncommitted changes to
     tracked files under include/ and dags/ (the code, specs and policies) when the checkout is

@@ -40,13 +40,11 @@ def compute_threads():
 
     The data here is small (thousands to ~1e5 rows) and Airflow runs tasks side by side; measured on
     this 2-core machine under load, HistGradientBoosting fit took 3.9 s with OpenMP threads and
-    0.18 s with one. ``settings().train_threads`` (if the config defines it) overrides the default 1.
+    0.18 s with one.
     """
     from threadpoolctl import threadpool_limits
 
-    from include.config import settings
-
-    return threadpool_limits(limits=int(getattr(settings(), "train_threads", None) or 1))
+    return threadpool_limits(limits=1)
 
 
 def positive_label(model: Pipeline) -> Any:
@@ -63,15 +61,7 @@ def predict_scores(model: Pipeline, df: pd.DataFrame, spec: DatasetSpec) -> np.n
 
 def compute_metrics(y: np.ndarray, scores: np.ndarray, task: str) -> dict[str, float]:
     """Metric set of a task. Classification: y in {0,1} (positive = 1) and P(positive)."""
-    from sklearn.metrics import (
-        accuracy_score,
-        f1_score,
-        log_loss,
-        mean_absolute_error,
-        mean_squared_error,
-        r2_score,
-        roc_auc_score,
-    )
+    from sklearn import metrics as skm
 
     y = np.asarray(y)
     scores = np.asarray(scores, dtype=float)
@@ -80,16 +70,16 @@ def compute_metrics(y: np.ndarray, scores: np.ndarray, task: str) -> dict[str, f
         pred = (scores >= 0.5).astype(int)
         both = len(np.unique(y)) == 2
         return {
-            "roc_auc": float(roc_auc_score(y, scores)) if both else float("nan"),
-            "accuracy": float(accuracy_score(y, pred)),
-            "f1": float(f1_score(y, pred, zero_division=0)),
-            "log_loss": float(log_loss(y, np.clip(scores, 1e-15, 1 - 1e-15), labels=[0, 1])),
+            "roc_auc": float(skm.roc_auc_score(y, scores)) if both else float("nan"),
+            "accuracy": float(skm.accuracy_score(y, pred)),
+            "f1": float(skm.f1_score(y, pred, zero_division=0)),
+            "log_loss": float(skm.log_loss(y, np.clip(scores, 1e-15, 1 - 1e-15), labels=[0, 1])),
         }
     y = y.astype(float)
     return {
-        "rmse": float(math.sqrt(mean_squared_error(y, scores))),
-        "mae": float(mean_absolute_error(y, scores)),
-        "r2": float(r2_score(y, scores)) if len(y) > 1 else float("nan"),
+        "rmse": float(math.sqrt(skm.mean_squared_error(y, scores))),
+        "mae": float(skm.mean_absolute_error(y, scores)),
+        "r2": float(skm.r2_score(y, scores)) if len(y) > 1 else float("nan"),
     }
 
 

@@ -27,7 +27,7 @@ RUN_ONLY_TAGS = frozenset({"code_dirty", "registered_version", MODEL_URI_TAG})
 
 def validate_run_key(run_key: str) -> None:
     if not isinstance(run_key, str) or not run_key.strip():
-        raise TrainingInputError("run_key must be a non-empty string (e.g. from make_run_key())")
+        raise TrainingInputError("run_key must be a non-empty string (e.g. the DAG run id and the dataset)")
     if any(ch in run_key for ch in "'\"\\") or len(run_key) > 250:
         raise TrainingInputError(f"run_key {run_key!r} must be at most 250 characters without quotes or backslashes")
 

@@ -12,7 +12,6 @@ from sklearn.metrics import roc_auc_score
 from include.demo_data import make_batch
 from include.spec import load_spec, parse_spec
 from include.training.inputs import TrainingInputError, check_frame, split
-from include.training.lineage import make_run_key
 from include.training.metrics import compute_metrics, metric_key, predict_scores
 from include.training.model_io import SKOPS_TRUSTED_TYPES
 from include.training.pipeline import FAMILIES, build_pipeline
@@ -186,15 +185,6 @@ def test_metric_names_are_valid_for_mlflow():
                 metric_key("test", "roc_auc", "city", "São Paulo=1/2?")):
         _validate_metric_name(key)
     assert metric_key("test", "roc_auc", "device", "mobile") == "test_roc_auc__device.mobile"
-
-
-def test_run_key_depends_on_what_determines_the_model():
-    a = make_run_key("sessions", "abc", family="hgb", params={"max_iter": 10}, seed=1)
-    assert a == make_run_key("sessions", "abc", family="hgb", params={"max_iter": 10}, seed=1)
-    assert a != make_run_key("sessions", "abd", family="hgb", params={"max_iter": 10}, seed=1)
-    assert a != make_run_key("sessions", "abc", family="hgb", params={"max_iter": 11}, seed=1)
-    assert a != make_run_key("sessions", "abc", family="hgb", params={"max_iter": 10}, seed=2)
-    assert "'" not in a
 
 
 # ------------------------------------------------------------------------------------------ retries
