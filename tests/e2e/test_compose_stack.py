@@ -5,7 +5,13 @@ Checked: every long-running service turns healthy; the Airflow API answers the a
 generated .env and has parsed the five DAGs; MLflow answers; Prometheus has loaded the alert rules
 and scrapes the edge and the Pushgateway; an outcome a task pushes (from the worker, through
 include/metrics_push.py) reaches Prometheus with its labels and fires its alert (alerts API); and
-every Grafana panel's query runs against the live Prometheus.
+every Grafana panel's query runs against the live Prometheus. Then the loop: a batch landed on S3
+is ingested on the Celery worker, `train` (on the Asset) registers a version on the MLflow server
+and the gate passes it, `deploy` (on the Asset) starts its model server through the mounted Docker
+engine and the edge serves predictions; stopping that container fires ModelServerDown; and
+`docker compose down` (volumes kept) then `up` keeps the model versions and the champion.
+
+The tests run in file order on one stack (module fixture): each loop step needs the one before.
 
 Marked `compose` and run only with MLOPS_COMPOSE_E2E=1 (it needs tools/build_ci_images.sh's
 images and several minutes); not part of `make test`: see docs/compose.md for its duration.
@@ -24,10 +30,15 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.e2e.live import LiveAirflow
+
 ROOT = Path(__file__).resolve().parents[2]
 PROJECT = "mlops-e2e"
 # published ports on a loopback address of their own: a developer's embedded stack keeps 127.0.0.1:8700 etc.
 BIND = "127.0.0.2"
+MODEL = "sessions_purchase"
+# seconds per step, printed as they finish (pytest -s) and summed at the end: docs/compose.md quotes them
+TIMES: dict[str, float] = {}
 
 pytestmark = [
     pytest.mark.compose, pytest.mark.e2e, pytest.mark.slow,
@@ -49,7 +60,15 @@ def generated_env(state_dir: Path) -> dict[str, str]:
                MINIO_ROOT_USER="mlops-e2e-root", MLOPS_STATE_HOST_DIR=str(state_dir),
                DOCKER_GID=str(os.stat("/var/run/docker.sock").st_gid), MLOPS_BIND_ADDRESS=BIND,
                MLOPS_SERVING_BASE_IMAGE=os.environ.get("MLOPS_SERVING_BASE_IMAGE", "mlops-base:bookworm"))
+    # the test reaches MLflow on BIND: a host name of its own, which MLflow's DNS-rebinding protection
+    # must be told about (docs/compose.md: "add your host name to MLFLOW_ALLOWED_HOSTS")
+    env["MLFLOW_ALLOWED_HOSTS"] += f",{BIND},{BIND}:*"
     return env
+
+
+def timed(step: str, t0: float) -> None:
+    TIMES[step] = time.monotonic() - t0
+    print(f"compose e2e: {step} took {TIMES[step]:.0f}s", flush=True)
 
 
 @pytest.fixture(scope="module")
@@ -67,17 +86,37 @@ def stack(tmp_path_factory):
     def run(*args, timeout=900, check=True):
         result = subprocess.run([*compose, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
         if check and result.returncode != 0:
-            logs = subprocess.run([*compose, "logs", "--tail", "40"], cwd=ROOT, capture_output=True, text=True)
-            pytest.fail(f"docker compose {' '.join(args)} failed:\n{result.stderr[-4000:]}\n{logs.stdout[-8000:]}")
+            # the logs of the services that are neither healthy nor done (those name the cause)
+            ps = subprocess.run([*compose, "ps", "-a", "--format", "json"], cwd=ROOT, capture_output=True, text=True)
+            rows = [json.loads(line) for line in ps.stdout.splitlines() if line.strip()]
+            bad = [r["Service"] for r in rows if r.get("Health") not in ("", "healthy")
+                   or (r["State"] == "exited" and r.get("ExitCode")) or r["State"] == "created"]
+            logs = subprocess.run([*compose, "logs", "--tail", "40", *bad], cwd=ROOT, capture_output=True, text=True)
+            pytest.fail(f"docker compose {' '.join(args)} failed (not healthy or failed: {bad}):\n"
+                        f"{result.stderr[-3000:]}\n{logs.stdout[-8000:]}")
         return result
 
+    airflow = LiveAirflow(url=f"http://{BIND}:8080", env=env, state_dir=workdir / "state",
+                          username=env["AIRFLOW_ADMIN_USERNAME"], password=env["AIRFLOW_ADMIN_PASSWORD"],
+                          log=workdir / "compose.log", mode="compose")
+    airflow.log.write_text("(see the worker's and the scheduler's logs above)\n")
+    stack_info = {"env": env, "run": run, "airflow": airflow, "state_dir": workdir / "state", "servers": []}
+    t_all = time.monotonic()
     try:  # a failed `up` is torn down too
         t0 = time.monotonic()
         run("up", "-d", "--wait", "--wait-timeout", "600")
-        print(f"compose e2e: up --wait took {time.monotonic() - t0:.0f}s")
-        yield {"env": env, "run": run}
+        timed("up --wait", t0)
+        yield stack_info
     finally:
+        # the model servers the deploy DAG started belong to no compose project: removed first, while
+        # their network (the stack's) still exists to find them by
+        servers = subprocess.run(["docker", "ps", "-aq", "--filter", "label=mlops-loop=serving",
+                                  "--filter", "network=mlops-loop"], capture_output=True, text=True).stdout.split()
+        servers += stack_info["servers"]  # seen by the tests (found above too, unless a down/up renewed the network)
+        if servers:
+            subprocess.run(["docker", "rm", "-f", *servers], capture_output=True)
         run("down", "-v", "--remove-orphans", check=False)
+        timed("the whole test", t_all)
         shutil.rmtree(workdir, ignore_errors=True)
 
 
@@ -165,3 +204,129 @@ def test_every_dashboard_query_runs_on_the_live_prometheus(stack):
     for title, expr in queries(dashboard):
         r = httpx.get(f"http://{BIND}:9090/api/v1/query", params={"query": expr}, timeout=10)
         assert r.status_code == 200 and r.json()["status"] == "success", f"{title}: {r.text[:300]}"
+
+
+# --------------------------------------------------------------------------------------- the loop
+
+
+def mlflow_api(path: str, **params) -> dict:
+    r = httpx.get(f"http://{BIND}:5000/api/2.0/mlflow/{path}", params=params, timeout=30)
+    r.raise_for_status()
+    return r.json()
+
+
+def registry() -> tuple[list[str], str | None]:
+    """(MODEL's registered versions, the version its `champion` alias names), from the MLflow server."""
+    versions = mlflow_api("model-versions/search", filter=f"name='{MODEL}'")["model_versions"]
+    aliases = mlflow_api("registered-models/get", name=MODEL)["registered_model"].get("aliases", [])
+    return sorted(v["version"] for v in versions), {a["alias"]: a["version"] for a in aliases}.get("champion")
+
+
+def succeeded(stack, dag_id: str, run_id: str | None = None, timeout: float = 900) -> dict:
+    """The run (without run_id: dag_id's first run) once finished; a failure names its tasks and shows
+    the worker's and the scheduler's logs."""
+    airflow = stack["airflow"]
+    try:
+        run = airflow.wait_run(dag_id, run_id, timeout=timeout)
+        states = airflow.task_states(dag_id, run["dag_run_id"])
+    except TimeoutError as err:
+        run, states = None, str(err)
+    if run is None or run["state"] != "success":
+        logs = stack["run"]("logs", "--tail", "60", "airflow-worker", "airflow-scheduler", check=False).stdout
+        pytest.fail(f"{dag_id}: {run and run['state']}; tasks: {states}\n{logs[-8000:]}")
+    return run
+
+
+def test_loop_a_batch_landed_on_s3_is_ingested_on_the_worker(stack):
+    import boto3
+
+    from include.demo_data import make_batch, write_batch
+
+    env = stack["env"]
+    s3 = boto3.client("s3", endpoint_url=f"http://{BIND}:9000", region_name="us-east-1",
+                      aws_access_key_id=env["AWS_ACCESS_KEY_ID"], aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"])
+    bucket = env["MLOPS_BUCKET"]
+    t0 = time.monotonic()
+    # docs/compose.md: a batch lands as landing/<dataset>/<file>.csv in MLOPS_BUCKET, with any S3 client
+    s3.upload_file(str(write_batch(make_batch(0, 3000), stack["state_dir"].parent / "day000.csv")),
+                   bucket, "landing/sessions/day000.csv")
+    # the */5 schedule would take it too; triggering spares the wait (a scheduled run that comes
+    # first takes the batch, and this one finds nothing: either way the batch leaves the landing zone)
+    succeeded(stack, "ingest", stack["airflow"].trigger("ingest"), timeout=600)
+
+    def archived():
+        keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="landing/sessions/").get("Contents", [])]
+        return keys if "landing/sessions/day000.csv" not in keys and any("_ingested/" in k for k in keys) else None
+
+    poll(archived, "the ingested batch moves to landing/sessions/_ingested/", timeout=300)
+    timed("ingest (land on S3 -> DVC commit on the worker)", t0)
+
+
+def test_loop_train_on_the_mlflow_server_and_gate(stack):
+    t0 = time.monotonic()
+    # scheduled on the `dataset` Asset that ingest emitted: no trigger from the test
+    train = succeeded(stack, "train")
+    assert train["run_type"] == "asset_triggered"
+    states = stack["airflow"].task_states("train", train["dag_run_id"])
+    assert states.get("gate[0]") == "success", states
+    versions, _ = registry()
+    assert versions == ["1"], versions
+    tags = mlflow_api("model-versions/get", name=MODEL, version="1")["model_version"].get("tags", [])
+    assert {t["key"] for t in tags} >= {"data_rev", "dag_run_id"}, tags
+    timed("train + gate (asset-triggered)", t0)
+
+
+def test_loop_deploy_through_the_docker_engine_and_serve_through_the_edge(stack):
+    from include.demo import serve_batch
+    from include.demo_data import make_batch
+
+    t0 = time.monotonic()
+    deploy = succeeded(stack, "deploy")  # scheduled on the `model_candidate` Asset the gate emitted
+    assert deploy["run_type"] == "asset_triggered"
+    assert registry() == (["1"], "1")
+    timed("deploy (asset-triggered: build, infra validation, switch, rollback window)", t0)
+    t0 = time.monotonic()
+    assert serve_batch(f"http://{BIND}:8700/models/{MODEL}", make_batch(1, 100)) == {"1": 100}
+    timed("100 predictions through the edge", t0)
+
+    def scraped():  # the deploy task wrote the model server's target: Prometheus scrapes it
+        result = prometheus("/api/v1/query", query=f'up{{job="mlops-serving",model="{MODEL}",version="1"}}')["result"]
+        return result if result and result[0]["value"][1] == "1" else None
+
+    poll(scraped, "Prometheus scrapes the champion's model server", timeout=120)
+
+
+def test_stopping_the_champion_fires_model_server_down(stack):
+    names = subprocess.run(["docker", "ps", "--format", "{{.Names}}", "--filter", "label=mlops-loop=serving",
+                            "--filter", "network=mlops-loop", "--filter", f"name=mlops-{MODEL}-v1-"],
+                           capture_output=True, text=True, check=True).stdout.split()
+    assert len(names) == 1, f"the champion's model server: {names}"
+    stack["servers"] += names
+    t0 = time.monotonic()
+    subprocess.run(["docker", "stop", names[0]], capture_output=True, check=True)
+
+    def firing():
+        alerts = prometheus("/api/v1/alerts")["alerts"]
+        return [a for a in alerts if a["labels"]["alertname"] == "ModelServerDown" and a["state"] == "firing"]
+
+    poll(firing, "ModelServerDown fires", timeout=300, every=5)
+    timed("champion stopped -> ModelServerDown firing", t0)
+
+
+def test_down_then_up_keeps_the_model_versions_the_data_revision_and_the_champion(stack):
+    def data_rev() -> str:  # the dataset's revision in the DVC data repo, as the worker sees it (DataRepo.dataset_rev)
+        return stack["run"]("exec", "-T", "airflow-worker", "git", "-C", f"{stack['state_dir']}/data-repo",
+                            "log", "-1", "--format=%H", "HEAD", "--", "manifests/sessions.json").stdout.strip()
+
+    before = registry(), data_rev()
+    runs = {dag: [r["dag_run_id"] for r in stack["airflow"].runs(dag)] for dag in ("train", "deploy")}
+    tags = {t["key"]: t["value"] for t in mlflow_api("model-versions/get", name=MODEL, version="1")
+            ["model_version"].get("tags", [])}
+    assert tags["data_rev"] == before[1], "version 1 was trained on the data repo's revision"
+    t0 = time.monotonic()
+    stack["run"]("down")  # volumes kept: no -v
+    stack["run"]("up", "-d", "--wait", "--wait-timeout", "600")
+    timed("down + up --wait", t0)
+    assert (registry(), data_rev()) == before and before[0] == (["1"], "1")
+    assert {dag: [r["dag_run_id"] for r in stack["airflow"].runs(dag)] for dag in runs} == runs
+    print("compose e2e: " + ", ".join(f"{k} {v:.0f}s" for k, v in TIMES.items()))
