@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import http.client
 import os
 import socket
 import subprocess
+import sys
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 # the demo dataset's registered model (include/specs/sessions.yaml: model_name)
 SESSIONS_MODEL = "sessions_purchase"
@@ -36,7 +41,7 @@ def wait_http(url: str, timeout: float = 60.0, proc: subprocess.Popen | None = N
         try:
             urllib.request.urlopen(url, timeout=2)
             return
-        except Exception:  # not up yet
+        except (OSError, http.client.HTTPException):  # not up yet
             time.sleep(0.3)
     raise TimeoutError(f"{url} did not answer within {timeout}s")
 
@@ -52,6 +57,40 @@ def create_pg_database(prefix: str) -> str:
 def drop_pg_database(name: str) -> None:
     subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-qc",
                     f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"], check=False, capture_output=True)
+
+
+@contextmanager
+def mlflow_server(log: Path, *artifact_args: str, env: dict | None = None, db_prefix: str = "mlflow") -> Iterator[str]:
+    """A real ``mlflow server`` on a fresh PostgreSQL database, artifacts as ``artifact_args`` say
+    (e.g. ``--default-artifact-root DIR``); yields its URL, prints its log if the test fails, and
+    stops it and drops the database afterwards. PostgreSQL missing: ``unavailable``."""
+    try:
+        db = create_pg_database(db_prefix)
+    except (OSError, subprocess.CalledProcessError) as err:
+        unavailable(f"PostgreSQL at 127.0.0.1:5432 cannot create a database: {err}")
+    port = free_port()
+    out = open(log, "wb")  # noqa: SIM115 - closed in finally
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "mlflow"), "server",
+         "--backend-store-uri", f"postgresql://postgres@127.0.0.1:5432/{db}", *artifact_args,
+         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "MLFLOW_TRACKING_URI": "", **(env or {})})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(f"{url}/health", timeout=180, proc=proc)
+        yield url
+    except BaseException:
+        print(Path(log).read_text(errors="replace")[-5000:])
+        raise
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+        out.close()
+        drop_pg_database(db)
 
 
 def serving_env(monkeypatch, state, backend: str):

@@ -23,14 +23,7 @@ import yaml
 
 from include.config import PROJECT_ROOT
 from include.demo_data import make_batch
-from tests.services import (
-    SESSIONS_MODEL,
-    create_pg_database,
-    drop_pg_database,
-    free_port,
-    unavailable,
-    wait_http,
-)
+from tests.services import SESSIONS_MODEL, mlflow_server
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -85,35 +78,10 @@ def _mlflow_server(artifacts: str, bucket: str, s3_url: str, log: Path):
     """`mlflow server` on a fresh PostgreSQL database, artifacts on s3://bucket/mlflow: proxied by
     the server (docker-compose.yaml's way: clients need no S3 credentials for MLflow) or direct
     (the server hands out s3:// locations and clients read and write S3 themselves)."""
-    try:
-        db = create_pg_database("mlflow_ci")
-    except (OSError, subprocess.CalledProcessError) as err:
-        unavailable(f"PostgreSQL at 127.0.0.1:5432 cannot create a database: {err}")
-    port = free_port()
     where = (["--serve-artifacts", "--artifacts-destination", f"s3://{bucket}/mlflow"] if artifacts == "proxied"
              else ["--no-serve-artifacts", "--default-artifact-root", f"s3://{bucket}/mlflow"])
-    env = {**os.environ, "MLFLOW_TRACKING_URI": "", "MLFLOW_S3_ENDPOINT_URL": s3_url}
-    out = open(log, "wb")  # noqa: SIM115 - closed in finally
-    proc = subprocess.Popen(
-        [str(VENV_BIN / "mlflow"), "server", "--backend-store-uri", f"postgresql://postgres@127.0.0.1:5432/{db}",
-         *where, "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        stdout=out, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_http(f"{url}/health", timeout=180, proc=proc)
+    with mlflow_server(log, *where, env={"MLFLOW_S3_ENDPOINT_URL": s3_url}, db_prefix="mlflow_ci") as url:
         yield url
-    except BaseException:
-        print(log.read_text()[-5000:])
-        raise
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-        out.close()
-        drop_pg_database(db)
 
 
 def _real_state(url: str, s3, bucket: str) -> dict:

@@ -2,14 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import re
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +16,8 @@ from include.training.inputs import TrainingInputError, split
 from include.training.metrics import predict_scores
 from include.training.model_io import SKOPS_TRUSTED_TYPES, load_model
 from include.training.train import train_and_register
-from tests.services import SESSIONS_MODEL, unavailable
+from tests import services
+from tests.services import SESSIONS_MODEL
 
 pytestmark = pytest.mark.integration
 
@@ -258,72 +252,15 @@ def test_load_model_refuses_types_outside_the_allow_list(state, spec):
 # ------------------------------------------------------------------------- distributed: PostgreSQL
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_health(url: str, proc: subprocess.Popen, timeout: float = 120.0) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"mlflow server exited with {proc.returncode} before {url} answered")
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            return
-        except OSError:
-            time.sleep(0.3)
-    raise TimeoutError(f"{url} did not answer within {timeout}s")
-
-
-def _pg_dsn(db: str = "postgres") -> str:
-    return f"postgresql://postgres@127.0.0.1:5432/{db}"
-
-
 @pytest.fixture
 def mlflow_server(state, tmp_path, monkeypatch):
     """`mlflow server` on a fresh PostgreSQL database; the env points MLflow at it; dropped after."""
-    import psycopg2  # locked: a missing driver is an install error, not a reason to skip
-
-    try:
-        admin = psycopg2.connect(_pg_dsn(), connect_timeout=5)
-    except psycopg2.OperationalError as err:
-        unavailable(f"PostgreSQL not reachable at 127.0.0.1:5432: {err}")
-    admin.autocommit = True
-    db = f"mlflow_test_{uuid.uuid4().hex[:10]}"
-    with admin.cursor() as cur:
-        cur.execute(f'CREATE DATABASE "{db}"')
-    port = _free_port()
-    log_path = tmp_path / "mlflow-server.log"
-    log = open(log_path, "wb")  # noqa: SIM115 - closed in finally
-    proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "mlflow"), "server",
-         "--backend-store-uri", _pg_dsn(db), "--default-artifact-root", str(tmp_path / "server-artifacts"),
-         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "MLFLOW_TRACKING_URI": ""},
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_health(f"{url}/health", proc)
+    with services.mlflow_server(tmp_path / "mlflow-server.log",
+                                "--default-artifact-root", str(tmp_path / "server-artifacts")) as url:
         monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
         monkeypatch.setenv("MLFLOW_REGISTRY_URI", url)
         monkeypatch.delenv("MLOPS_MLFLOW_ARTIFACT_ROOT")  # the server decides where artifacts go
         yield url
-    except BaseException:
-        print(log_path.read_text()[-5000:])
-        raise
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-        log.close()
-        with admin.cursor() as cur:
-            cur.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
-        admin.close()
 
 
 @pytest.mark.slow
