@@ -21,7 +21,7 @@ from include.config import PROJECT_ROOT
 from include.demo_data import as_requests, make_batch, write_batch
 
 sys.path.insert(0, str(PROJECT_ROOT))  # the live-stack harness is shared with the e2e tests
-from tests.e2e.live import live_stack  # noqa: E402
+from tests.e2e.live import live_stack
 
 GOAL_S = 120
 

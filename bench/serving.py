@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import http.client
 import json
 import os
 import shutil
@@ -58,7 +59,7 @@ def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 180.0) -> floa
             with urllib.request.urlopen(url, timeout=2) as r:
                 if r.status == 200:
                     return time.perf_counter() - t0
-        except Exception:  # not up yet
+        except (OSError, http.client.HTTPException):  # not up yet
             pass
         time.sleep(0.2)
     raise TimeoutError(f"{url} not ready after {timeout}s")
@@ -118,7 +119,7 @@ def load(port: int, path: str, body: bytes, *, seconds: float, concurrency: int,
 
 
 def start(cmd: list[str], env: dict, log_path: Path) -> subprocess.Popen:
-    log = open(log_path, "wb")  # closed with the process
+    log = open(log_path, "wb")  # noqa: SIM115 - closed with the process
     return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 

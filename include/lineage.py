@@ -38,9 +38,13 @@ def model_lineage(model: str, version: str | int) -> dict:
     configure_mlflow()
     c = client()
     version = str(version)
+    from mlflow.exceptions import MlflowException
+
     try:
         mv = c.get_model_version(model, version)
-    except Exception as err:  # noqa: BLE001 - MLflow raises its own exception types
+    except MlflowException as err:
+        if err.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise  # an unreachable or failing registry is not "no such version"
         raise LineageError(f"{model} v{version} is not in the registry: {err}") from err
     tags = dict(mv.tags)
     data = {k: tags.get(k) for k in ("dataset", "data_rev", "data_md5", "validation_id")}

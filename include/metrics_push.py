@@ -58,7 +58,7 @@ def push(job: str, grouping: dict[str, str], samples: Iterable[Sample]) -> bool:
         grouping = {k: str(v) for k, v in grouping.items() if v not in (None, "")}
         pushadd_to_gateway(url, job=job, registry=registry, grouping_key=grouping, timeout=TIMEOUT_S)
         return True
-    except Exception as err:  # a metrics push must never fail the task
+    except Exception as err:  # noqa: BLE001 - a metrics push must never fail the task
         log.warning("metrics push to %s (job %s, %s) failed; the task goes on: %s", url, job, grouping, err)
         return False
 
@@ -88,7 +88,7 @@ def _dataset_of(model: str) -> str | None:
         from include.catalog import dataset_for_model
 
         return dataset_for_model(model)
-    except Exception:  # a model no spec names is still pushed, without a dataset
+    except Exception:  # noqa: BLE001 - a model no spec names is still pushed, without a dataset
         return None
 
 
@@ -99,7 +99,7 @@ def _safe(fn):
             return False
         try:
             return fn(*args, **kwargs)
-        except Exception as err:
+        except Exception as err:  # noqa: BLE001 - monitoring must never fail the task it watches
             log.warning("metrics push %s skipped; the task goes on: %s", fn.__name__, err)
             return False
     wrapper.__name__ = wrapper.__qualname__ = fn.__name__
@@ -197,7 +197,7 @@ def quarantine_outcome(dataset: str, kind: str, rows: int | None = None) -> bool
         from include.spec import load_spec
 
         model = load_spec(dataset).model_name
-    except Exception:  # an unknown dataset is still worth an alert
+    except Exception:  # noqa: BLE001 - an unknown dataset is still worth an alert
         pass
     return push("mlops_validation", {"dataset": dataset, "model": model}, samples)
 
@@ -239,6 +239,6 @@ def write_serving_targets(state: dict) -> bool:
         tmp.write_text(json.dumps(groups, indent=2))
         tmp.replace(target)
         return True
-    except Exception as err:  # monitoring must not fail a deploy
+    except Exception as err:  # noqa: BLE001 - monitoring must not fail a deploy
         log.warning("prometheus targets %s not written; the deploy goes on: %s", path, err)
         return False

@@ -200,14 +200,14 @@ def log_model_card(record: dict, c) -> str | None:
             from include.versioning import DataRepo
 
             data = DataRepo().lineage(record["dataset"], tags.get("data_rev"))
-        except Exception as err:  # the card says n/a rather than fail
+        except Exception as err:  # noqa: BLE001 - the card says n/a rather than fail
             log.warning("model card: no data repo lineage for %s: %s", record["dataset"], err)
         spec = load_spec(record["dataset"])
         try:
             # training logs no time range: it is read back from the rows of the recorded data rev
             data["time_range"] = data_time_range(record["dataset"], tags.get("data_rev"), spec,
                                                  float(tags.get("selection_window_days") or 0))
-        except Exception as err:  # as above
+        except Exception as err:  # noqa: BLE001 - as above
             log.warning("model card: no time range of %s at %s: %s", record["dataset"], tags.get("data_rev"), err)
         card = build_card(record, spec, dict(run.data.metrics), dict(run.data.params), tags, data)
     except Exception:  # see the docstring

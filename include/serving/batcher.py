@@ -181,7 +181,7 @@ class ModelServer:
         loop = asyncio.get_running_loop()
         try:
             state = await loop.run_in_executor(None, self._load, self.cfg.version)
-        except Exception as err:
+        except Exception as err:  # noqa: BLE001 - any load failure is reported by /ready, with its cause
             self.status, self.error = "failed", str(err)
             log.error("model server not ready: %s", err)
             return
@@ -288,7 +288,7 @@ class ModelServer:
         t0 = time.perf_counter()
         try:
             scores = await loop.run_in_executor(self._executor, self._score, state.model, merged)
-        except Exception as err:
+        except Exception as err:  # noqa: BLE001 - a scoring failure is answered per request, below
             if len(jobs) > 1:  # one bad request must not fail its neighbours: score them one by one
                 for j in jobs:
                     await self._run_batch([j], j.n)

@@ -64,7 +64,7 @@ def _is_gzip(path: Path) -> bool:
 
 def _open_stream(path: Path, max_bytes: int) -> io.BufferedReader:
     """The file's bytes (decompressed if gzip), refusing to yield more than ``max_bytes``."""
-    raw = open(path, "rb")  # closed through the returned reader
+    raw = open(path, "rb")  # noqa: SIM115 - closed through the returned reader
     if _is_gzip(path):
         limited = _LimitedReader(gzip.GzipFile(fileobj=raw, mode="rb"), max_bytes, also_close=raw)
     else:
@@ -118,7 +118,7 @@ def _datetimes(s: pd.Series) -> pd.Series:
         arr = pc.cast(pa.array(s.to_numpy(dtype=object), type=pa.string(), from_pandas=True),
                       pa.timestamp("ns", tz="UTC"))
         return arr.to_pandas().set_axis(s.index).rename(s.name)
-    except Exception:  # anything Arrow cannot parse goes to the slower, broader parser
+    except Exception:  # noqa: BLE001 - anything Arrow cannot parse goes to the slower, broader parser
         return pd.to_datetime(s, utc=True, errors="coerce", format="ISO8601")
 
 

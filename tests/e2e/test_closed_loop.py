@@ -45,13 +45,10 @@ def _run(dag_id: str, conf: dict | None = None):
 
 
 def _version_with_alias(alias: str) -> str | None:
-    from include.tracking import client, configure_mlflow
+    from include.tracking import alias_version, configure_mlflow
 
     configure_mlflow()
-    try:
-        return str(client().get_model_version_by_alias(SESSIONS_MODEL, alias).version)
-    except Exception:  # no such alias (yet)
-        return None
+    return alias_version(SESSIONS_MODEL, alias)  # None: no such alias (yet)
 
 
 def _candidate_version() -> str:
