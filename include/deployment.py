@@ -245,11 +245,12 @@ def validation_env(s: Settings) -> tuple[dict[str, str], dict[str, str]]:
     """(public, private) environment of an infra validation run. Private holds everything that
     may carry a credential (store URIs can embed a password, S3 keys, MLflow tokens): the Docker
     task passes it as ``private_environment``, which Airflow neither renders nor shows."""
+    from include.infra_validation import CREDENTIAL_PREFIXES
+
     public = {"MLOPS_STATE_DIR": str(s.state_dir), "MLOPS_MLFLOW_ARTIFACT_ROOT": s.mlflow_artifact_root,
               "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
     private = {"MLFLOW_TRACKING_URI": s.mlflow_tracking_uri, "MLFLOW_REGISTRY_URI": s.mlflow_registry_uri,
-               **{k: v for k, v in os.environ.items() if k.startswith(("AWS_", "MLFLOW_S3_", "MLFLOW_TRACKING_"))
-                  and k != "MLFLOW_TRACKING_URI"}}
+               **{k: v for k, v in os.environ.items() if k.startswith(CREDENTIAL_PREFIXES) and k != "MLFLOW_TRACKING_URI"}}
     return public, private
 
 
@@ -384,10 +385,10 @@ def expected_scores(model: str, version: str, dataset: str, golden: Path, s: Set
     Versions trained before training logged them are scored here, in the worker, with the
     registered artifact: for those a broken artifact fails in this step instead of in the image.
     """
-    import mlflow
+    import tempfile
 
     from include.infra_validation import EXPECTED_ARTIFACT, score_golden
-    from include.tracking import client, configure_mlflow
+    from include.tracking import client, configure_mlflow, download_artifact
 
     s = s or settings()
     out = golden.with_suffix(".expected.json")
@@ -395,18 +396,19 @@ def expected_scores(model: str, version: str, dataset: str, golden: Path, s: Set
         return out
     configure_mlflow()
     run_id = client().get_model_version(model, str(version)).run_id
-    logged = {a.path for a in client().list_artifacts(run_id, str(Path(EXPECTED_ARTIFACT).parent))}
-    if EXPECTED_ARTIFACT in logged:
-        local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=EXPECTED_ARTIFACT)
-        scores, source = json.loads(Path(local).read_text())["scores"], f"runs:/{run_id}/{EXPECTED_ARTIFACT}"
-    else:
+    source = f"runs:/{run_id}/{EXPECTED_ARTIFACT}"
+    with tempfile.TemporaryDirectory(prefix="infra-expected-") as tmp:
+        # absent: None (an old version); an unreachable store raises, and the task retries
+        local, _ = download_artifact(source, tmp)
+        scores = json.loads(Path(local).read_text())["scores"] if local else None
+    if scores is None:
         log.warning("%s v%s has no %s (trained before it was logged): scoring the golden rows in this worker",
                     model, version, EXPECTED_ARTIFACT)
         scores, source = score_golden(model, str(version), str(golden), dataset), "scored by the deploy worker"
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"scores": scores, "source": source}))
-    os.chmod(tmp, 0o644)
-    tmp.replace(out)
+    partial = out.with_suffix(".tmp")
+    partial.write_text(json.dumps({"scores": scores, "source": source}))
+    os.chmod(partial, 0o644)
+    partial.replace(out)
     return out
 
 

@@ -34,6 +34,8 @@ SCORE_TOLERANCE = 1e-9
 EXPECTED_ARTIFACT = "holdout/golden_scores.json"
 
 EXIT_OK, EXIT_BROKEN, EXIT_MISMATCH = 0, 1, 2
+# environment variables that may carry a store credential: the deploy task passes them privately
+CREDENTIAL_PREFIXES = ("AWS_", "MLFLOW_S3_", "MLFLOW_TRACKING_")
 
 
 def score_golden(model: str, version: str, golden_path: str, dataset: str) -> list[float]:
@@ -70,16 +72,20 @@ def compare(served: list[float], expected: list[float], tolerance: float = SCORE
     bad = [i for i, s in enumerate(served) if not math.isfinite(s)]
     if bad:
         return f"{len(bad)} non-finite scores (first at row {bad[0]})"
-    diff = max((abs(s - e) for s, e in zip(served, expected, strict=True)), default=0.0)
+    diff = _max_abs_diff(served, expected)
     if diff > tolerance:
         return f"served scores differ from offline scores (max abs diff {diff:.3g} > {tolerance})"
     return None
 
 
+def _max_abs_diff(served: list[float], expected: list[float]) -> float:
+    return max((abs(s - e) for s, e in zip(served, expected, strict=False)), default=0.0)
+
+
 def _credential_names() -> list[str]:
     """Names (never values) of the credential variables this process got, for the results file:
     shows the deploy task passed them (privately) without showing them."""
-    return sorted(k for k in os.environ if k.startswith(("AWS_", "MLFLOW_S3_", "MLFLOW_TRACKING_")))
+    return sorted(k for k in os.environ if k.startswith(CREDENTIAL_PREFIXES))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -103,8 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         with open(args.expected) as fh:
             expected = [float(x) for x in json.load(fh)["scores"]]
         why = compare(scores, expected)
-        diff = max((abs(s - e) for s, e in zip(scores, expected, strict=False)), default=0.0)
-        verdict.update(passed=why is None, rows=len(scores), max_abs_diff=diff, scores=scores,
+        verdict.update(passed=why is None, rows=len(scores), max_abs_diff=_max_abs_diff(scores, expected), scores=scores,
                        **({"error": why} if why else {}))
         code = EXIT_OK if why is None else EXIT_MISMATCH
     with open(args.results, "w") as fh:
