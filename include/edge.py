@@ -133,8 +133,14 @@ def _proxy(upstreams: list[dict], weights: list[int] | None = None) -> dict:
     return {
         "handler": "reverse_proxy",
         "upstreams": [{"dial": _dial(u)} for u in upstreams],
-        # a request whose connection failed is retried on another healthy upstream
-        "load_balancing": {"selection_policy": selection, "try_duration": "3s", "try_interval": "100ms"},
+        # a request whose connection failed is retried on another healthy upstream. Caddy retries
+        # only GETs once the request was written (a server closing a pooled keep-alive connection
+        # as it stops fails a POST that way), but every public path is a pure function of the model
+        # and the input, so POSTs are retried too; the body is buffered (at most MAX_BODY_BYTES,
+        # which the request_body handler enforces first) so that a retry resends all of it
+        "load_balancing": {"selection_policy": selection, "try_duration": "3s", "try_interval": "100ms",
+                           "retry_match": [{"method": ["GET", "POST", "HEAD"]}]},
+        "request_buffers": MAX_BODY_BYTES,
         "health_checks": {
             "active": {"uri": "/ready", "interval": HEALTH_INTERVAL, "timeout": "1s"},
             "passive": {"fail_duration": "3s", "max_fails": 1},
