@@ -20,8 +20,11 @@ canary is skipped by the health checks and its failed requests retried on the ch
 
 Each model's upstreams are ``[active, fallback]`` under Caddy's ``first`` policy with active health
 checks on ``/ready``: when the active server dies, requests go to the warm fallback within one
-health interval, and a request whose connection failed is retried there (``try_duration``), so it
-never reaches a client as an error. The admin API listens on a unix socket in the state dir
+health interval, and a request that got no response is retried there (``try_duration``), so it
+never reaches a client as an error. That includes POSTs the stopping server may already have read:
+every public path is a read-only function of (model, input), so the only cost of a repeat is one
+extra row in the old server's prediction log, against a 502 for the client (a response, even a
+5xx, is never retried). The admin API listens on a unix socket in the state dir
 (``MLOPS_EDGE_ADMIN`` overrides), never on the public port. Compose sets ``MLOPS_EDGE_ADMIN`` (a
 socket in a volume shared by the edge and the worker only), ``MLOPS_EDGE_ADMIN_MODE``,
 ``MLOPS_EDGE_HOST=0.0.0.0`` and ``MLOPS_EDGE_INTERNAL=:2020`` (health + Prometheus metrics).
