@@ -5,7 +5,9 @@
 * :mod:`include.batch.rows` - each chunk validated with the serving schema's rules (rejects get
   the online 422 message) and framed as the model server frames a request;
 * :mod:`include.batch.job` - plan (model version resolved once) -> score partitions (mapped) ->
-  finalize (manifest + MLflow run), each step safe to retry or re-run.
+  finalize (manifest + MLflow run), each step safe to retry or re-run; the steps are in
+  :mod:`~include.batch.planning`, :mod:`~include.batch.scoring`, :mod:`~include.batch.finalizing`
+  and the run's files in :mod:`~include.batch.layout`.
 * :mod:`include.batch.fastpath` - the vectorised scoring of HistGradientBoosting pipelines, equal
   bit for bit to their own predict;
 * :mod:`include.batch.triggers` - the per-dataset policy for scheduled runs (new data, promotion).
