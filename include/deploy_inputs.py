@@ -82,12 +82,12 @@ def resolve(params: dict, triggering_asset_events: Any = None) -> list[dict]:
         if want.get("rollback"):
             from mlflow.exceptions import MlflowException
 
-            from include.tracking import client
+            from include.tracking import client, is_not_found
 
             try:
                 client().get_model_version(want["model"], str(version))
             except MlflowException as err:
-                if err.error_code != "RESOURCE_DOES_NOT_EXIST":
+                if not is_not_found(err):
                     raise  # an outage: retried
                 raise SpecError(f"rollback_to: {want['model']} has no version {version}") from err
             want = {**want, "rollback_of": alias_version(want["model"], "champion")}

@@ -30,20 +30,20 @@ def _audit_entries(path: Path, model: str, version: str) -> list[dict]:
 
 def model_lineage(model: str, version: str | int) -> dict:
     """Where a registered version came from and what happened to it since."""
+    from mlflow.exceptions import MlflowException
+
     from include.config import settings
-    from include.tracking import client, configure_mlflow
+    from include.tracking import client, configure_mlflow, is_not_found
     from include.versioning import DataRepo, DataRepoError
 
     s = settings()
     configure_mlflow()
     c = client()
     version = str(version)
-    from mlflow.exceptions import MlflowException
-
     try:
         mv = c.get_model_version(model, version)
     except MlflowException as err:
-        if err.error_code != "RESOURCE_DOES_NOT_EXIST":
+        if not is_not_found(err):
             raise  # an unreachable or failing registry is not "no such version"
         raise LineageError(f"{model} v{version} is not in the registry: {err}") from err
     tags = dict(mv.tags)

@@ -228,17 +228,39 @@ def client() -> MlflowClient:
     return MlflowClient(tracking_uri=s.mlflow_tracking_uri, registry_uri=s.mlflow_registry_uri)
 
 
-def alias_version(model: str, alias: str) -> str | None:
-    """The version behind ``model``'s ``alias``, or None when the model or the alias does not exist.
+_NOT_FOUND_CODES = ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND")
 
-    Only "not found" means None: an unreachable or failing MLflow raises, so a task retries instead
-    of concluding there is nothing to do.
+
+def is_not_found(exc: BaseException | None) -> bool:
+    """True when MLflow answered that the entity (experiment, run, model, version, alias) does not exist.
+
+    The one test for "absent": an unreachable store, a bad request or any other MLflow error is
+    False, so callers re-raise it and the task fails (and retries) instead of acting on a registry
+    it could not read.
     """
-    from mlflow.exceptions import MlflowException
+    if not isinstance(exc, MlflowException):
+        return False
+    if exc.error_code in _NOT_FOUND_CODES:
+        return True
+    # the SQL registry reports a missing alias as INVALID_PARAMETER_VALUE "Registered model alias x not found."
+    return exc.error_code == "INVALID_PARAMETER_VALUE" and "not found" in exc.message
 
+
+def alias_model_version(model: str, alias: str, c: MlflowClient | None = None) -> Any | None:
+    """The ``ModelVersion`` behind ``model``'s ``alias``, or None when the model or the alias does not exist.
+
+    Only "not found" (:func:`is_not_found`) means None: an unreachable or failing MLflow raises,
+    so a task retries instead of concluding there is no champion.
+    """
     try:
-        return str(with_retry(client().get_model_version_by_alias, model, alias).version)
+        return with_retry((c or client()).get_model_version_by_alias, model, alias)
     except MlflowException as err:
-        if err.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE") and "not found" in str(err):
+        if is_not_found(err):
             return None
         raise
+
+
+def alias_version(model: str, alias: str, c: MlflowClient | None = None) -> str | None:
+    """The version number behind ``model``'s ``alias`` (see :func:`alias_model_version`), or None."""
+    mv = alias_model_version(model, alias, c)
+    return None if mv is None else str(mv.version)

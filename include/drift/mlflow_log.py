@@ -38,7 +38,7 @@ def log_to_mlflow(
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from include.tracking import client, configure_mlflow, with_retry
+    from include.tracking import client, configure_mlflow, is_not_found, with_retry
 
     experiment_id = configure_mlflow(MONITORING_EXPERIMENT)
     c = client()
@@ -100,7 +100,7 @@ def log_to_mlflow(
                      ("last_drift_retrain", str(decision.retrain).lower() if decision else "")):
             with_retry(c.set_model_version_tag, model_name, version, k, v)
     except MlflowException as err:
-        if err.error_code != "RESOURCE_DOES_NOT_EXIST":
+        if not is_not_found(err):
             raise
         log.warning("model %s version %s is not in the registry: not tagged with last_drift_run_id",
                     model_name, version)

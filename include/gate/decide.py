@@ -127,34 +127,20 @@ def _override_tag(override: dict | None) -> str:
     return json.dumps(override, sort_keys=True) if override else ""
 
 
-def _champion_version(c, model_name: str):
-    """The version behind the champion alias, None when there is none."""
-    from mlflow.exceptions import MlflowException
-
-    from include.tracking import with_retry
-
-    try:
-        return with_retry(c.get_model_version_by_alias, model_name, CHAMPION)
-    except MlflowException as err:
-        if err.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
-            raise
-        return None
-
-
 def load(c, mv, *, dataset: str, policies_dir: Path | None, allow_stale_data: bool) -> Comparison:
     """The comparison to make: spec, policy, champion, the challenger's holdout minus the rows
     either model trained on, and whether the comparison is blocked."""
     import pandas as pd
 
     from include.spec import load_spec
-    from include.tracking import download_artifact, with_retry
+    from include.tracking import alias_model_version, download_artifact, with_retry
     from include.training.model_io import HOLDOUT_ARTIFACT
 
     model_name, version = mv.name, str(mv.version)
     spec = load_spec(dataset)
     policy = load_policy(dataset, spec.task, policies_dir)
     run = with_retry(c.get_run, mv.run_id)
-    champ_mv = _champion_version(c, model_name)
+    champ_mv = alias_model_version(model_name, CHAMPION, c)
     if champ_mv is not None and str(champ_mv.version) == version:
         champ_mv = None  # gating the champion itself: nothing to compare with
 

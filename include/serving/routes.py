@@ -169,7 +169,9 @@ async def reload(request: Request):
         previous, state, changed = await server.reload(new)
     except LoadError as err:
         metrics.reloads.labels("failed").inc()
-        not_found = "RESOURCE_DOES_NOT_EXIST" in str(err) or "not found" in str(err).lower()
+        from include.tracking import is_not_found  # the loader imported it already
+
+        not_found = is_not_found(err.__cause__)
         return problem(request, 404 if not_found else 422, "reload_failed",
                        f"{err}; still serving version {server.model_version}")
     metrics.reloads.labels("swapped" if changed else "unchanged").inc()

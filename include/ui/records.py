@@ -89,10 +89,12 @@ def _mlflow_client():
 def _aliases(model: str) -> dict:
     from mlflow.exceptions import MlflowException
 
+    from include.tracking import is_not_found
+
     try:
         rm = _mlflow_client().get_registered_model(model)
     except MlflowException as err:
-        if err.error_code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND"):
+        if is_not_found(err):
             return {}
         raise
     return {k: str(v) for k, v in (rm.aliases or {}).items()}
