@@ -79,7 +79,8 @@ def run_short_loop(live) -> dict:
                    json={"instances": as_requests(make_batch(1, SERVED_ROWS))}, timeout=60)
     assert r.status_code == 200, r.text
     request_id = r.headers.get("x-request-id") or r.json().get("request_id")
-    time.sleep(1.5)  # prediction-log flush
+    assert request_id, r.headers
+    _wait_until_logged(live.state_dir / "predictions", request_id, SERVED_ROWS)
     for dag_id in ("train", "deploy"):
         live.set_paused(dag_id, True)  # a retrain the drift check may ask for stays queued
     live.set_paused("monitor_drift", False)
@@ -91,3 +92,25 @@ def run_short_loop(live) -> dict:
             "deploy_run": deploy["dag_run_id"], "failed_deploy_run": failed["dag_run_id"],
             "drift_run": drift["dag_run_id"], "ingest_run": ingest["dag_run_id"], "request_id": request_id,
             "loop_s": round(time.time() - t0, 1)}
+
+
+def _wait_until_logged(predictions_dir: Path, request_id: str, rows: int, timeout: float = 60) -> None:
+    """Until the model server has flushed all ``rows`` of the request to its prediction log (the
+    drift check reads that log, so it must not start before)."""
+    import pyarrow.compute as pc
+    import pyarrow.dataset as ds
+
+    from include.serving.predlog import list_files
+
+    deadline = time.monotonic() + timeout
+    logged = 0
+    while time.monotonic() < deadline:
+        files = list_files(predictions_dir, MODEL)
+        if files:
+            logged = ds.dataset([str(f) for f in files], format="parquet").count_rows(
+                filter=pc.field("request_id") == request_id)
+            if logged >= rows:
+                return
+        time.sleep(0.2)
+    raise AssertionError(f"{logged} of {rows} rows of request {request_id} in the prediction log "
+                         f"under {predictions_dir} after {timeout:.0f} s")
