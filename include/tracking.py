@@ -16,7 +16,6 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -115,19 +114,24 @@ def with_retry(
     """Call ``fn(*args, **kwargs)``; retry MLflow-unreachable errors with exponential backoff.
 
     Other errors (bad input, missing entity, ...) are raised at once. After ``attempts`` tries the
-    last error is raised, so the Airflow task fails and its own retries take over.
+    last error is raised (not tenacity's RetryError), so the Airflow task fails and its own retries
+    take over. The waits are ``base_delay * 2**(n-1)`` capped at ``max_delay``: 1, 2, 4 s by default.
     """
-    for attempt in range(1, attempts + 1):
-        try:
-            return fn(*args, **kwargs)
-        except Exception as exc:
-            if attempt == attempts or not is_unreachable(exc):
-                raise
-            delay = min(max_delay, base_delay * 2 ** (attempt - 1))
-            log.warning("MLflow unreachable (%s: %s); retry %s/%s in %.1fs",
-                        type(exc).__name__, exc, attempt, attempts - 1, delay)
-            time.sleep(delay)
-    raise AssertionError("unreachable")  # pragma: no cover
+    import tenacity
+
+    def log_retry(state: tenacity.RetryCallState) -> None:
+        exc = state.outcome.exception()
+        log.warning("MLflow unreachable (%s: %s); retry %s/%s in %.1fs", type(exc).__name__, exc,
+                    state.attempt_number, attempts - 1, state.upcoming_sleep)
+
+    retrying = tenacity.Retrying(
+        stop=tenacity.stop_after_attempt(attempts),
+        wait=tenacity.wait_exponential(multiplier=base_delay, max=max_delay),
+        retry=tenacity.retry_if_exception(is_unreachable),
+        before_sleep=log_retry,
+        reraise=True,
+    )
+    return retrying(fn, *args, **kwargs)
 
 
 def download_artifact(artifact_uri: str, dst: str) -> tuple[str | None, MlflowException | OSError | None]:

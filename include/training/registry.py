@@ -9,7 +9,6 @@ it leaves no half-registered version (:func:`cleanup_failed`).
 from __future__ import annotations
 
 import logging
-import time
 
 import mlflow
 
@@ -122,22 +121,23 @@ def str_tags(d: dict) -> dict[str, str]:
 def register(model_uri: str, name: str, tags: dict[str, str], run_key: str, attempts: int = 4):
     """Register once. After an unreachable-store error, look the version up by ``run_key`` before
     trying again: the request may have been applied even though the answer was lost."""
-    for attempt in range(1, attempts + 1):
-        try:
-            return mlflow.register_model(model_uri, name, tags=tags)
-        except Exception as exc:
-            if attempt == attempts or not is_unreachable(exc):
-                raise
-            time.sleep(min(10.0, 2.0 ** (attempt - 1)))
+    tried = False
+
+    def once():
+        nonlocal tried
+        if tried:
             try:
                 found = [v for v in versions_with_key(name, run_key, once=True) if v.run_id]
             except Exception as lookup_exc:
                 if not is_unreachable(lookup_exc):
                     raise
-                found = []
+                found = []  # still unreachable: try the registration itself again
             if found:
                 return found[0]
-    raise AssertionError("unreachable")  # pragma: no cover
+        tried = True
+        return mlflow.register_model(model_uri, name, tags=tags)
+
+    return with_retry(once, attempts=attempts)
 
 
 def cleanup_failed(name: str, run_key: str, mv) -> bool:

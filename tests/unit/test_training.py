@@ -190,7 +190,7 @@ def test_metric_names_are_valid_for_mlflow():
 # ------------------------------------------------------------------------------------------ retries
 
 
-def test_with_retry_retries_only_unreachable_errors():
+def test_with_retry_retries_only_unreachable_errors(caplog):
     import requests
     from mlflow.exceptions import MlflowException
 
@@ -205,6 +205,8 @@ def test_with_retry_retries_only_unreachable_errors():
         return "ok"
 
     assert with_retry(flaky, base_delay=0) == "ok" and len(calls) == 3
+    assert [r.getMessage() for r in caplog.records if "MLflow unreachable" in r.getMessage()] == [
+        f"MLflow unreachable (ConnectionError: Connection refused); retry {n}/3 in 0.0s" for n in (1, 2)]
 
     def bad_request():
         calls.append(1)
