@@ -7,7 +7,8 @@ batch_score path (plan -> score partitions -> finalize, in one process: read, va
 write parquet, manifest, MLflow run); then 10M rows (ten 1M-row CSV files: the first file under
 ten names, since generating 10M rows takes longer than scoring them) through the batch path.
 The two 1M runs alternate (mlflow, ours, mlflow, ours; --repeat) so a shared machine's load hits
-both alike; each figure is the better of its runs.
+both alike; each figure is the better of its runs, and each pair's ratios are printed too (with
+the load average: on a busy machine the pairs say more than the best-of figures).
 Each measurement runs in its own child process; peak RSS is that child's (and its own children's)
 peak RSS sampled from /proc. Prints figures, asserts nothing. Runs in a throw-away state dir.
 """
@@ -120,13 +121,18 @@ def main() -> None:
 
     run = ("import json, sys; from include.batch import job; "
            "m = job.run(json.loads(sys.argv[1]), sys.argv[2]); assert m['scored'] == m['rows_in'], m")
+    pairs = []
+    print(f"load average before: {Path('/proc/loadavg').read_text().split()[:3]}")
     for i in range(max(1, a.repeat)):
-        best("mlflow models predict, 1 file", a.rows,
-             child([mlflow_cli, "models", "predict", "-m", uri, "-i", str(state / "features.csv"), "-t", "csv",
-                    "-o", str(state / "mlflow-out.json"), "--env-manager", "local"], env))
-        best("batch_score path, 1 file", a.rows,
-             child([py, "-c", run, json.dumps({"dataset": "sessions", "source": str(data / "day00.csv")}),
-                    f"bench-1-{i}"], env))
+        theirs = child([mlflow_cli, "models", "predict", "-m", uri, "-i", str(state / "features.csv"), "-t", "csv",
+                        "-o", str(state / "mlflow-out.json"), "--env-manager", "local"], env)
+        best("mlflow models predict, 1 file", a.rows, theirs)
+        ours = child([py, "-c", run, json.dumps({"dataset": "sessions", "source": str(data / "day00.csv")}),
+                      f"bench-1-{i}"], env)
+        best("batch_score path, 1 file", a.rows, ours)
+        pairs.append((theirs[0] / ours[0], ours[1] / theirs[1]))
+        print(f"  pair {i + 1}: {pairs[-1][0]:.2f}x faster, {pairs[-1][1]:.2f}x the peak RSS; "
+              f"load average {Path('/proc/loadavg').read_text().split()[:3]}", flush=True)
     if a.big_files > 1:
         best(f"batch_score path, {a.big_files} files", a.rows * a.big_files,
              child([py, "-c", run, json.dumps({"dataset": "sessions", "source": str(many / "*.csv")}),
@@ -138,7 +144,11 @@ def main() -> None:
         print(f"{name:36} {rows:>11,} {wall:>8.1f} {rows / wall:>10,.0f} {rss:>13.0f}{flag}")
     base, ours = results["mlflow models predict, 1 file"], results["batch_score path, 1 file"]
     print(f"batch path vs mlflow models predict at {a.rows:,} rows: {base[1] / ours[1]:.2f}x faster, "
-          f"{ours[2] / base[2]:.2f}x the peak RSS (both wall times include process start and model load)")
+          f"{ours[2] / base[2]:.2f}x the peak RSS (best of each; both wall times include process start and model load)")
+    speed = sorted(p[0] for p in pairs)
+    rss = sorted(p[1] for p in pairs)
+    print(f"per alternating pair: {speed[0]:.2f}x..{speed[-1]:.2f}x faster (median {speed[len(speed) // 2]:.2f}x), "
+          f"{rss[0]:.2f}x..{rss[-1]:.2f}x the peak RSS; load average after: {Path('/proc/loadavg').read_text().split()[:3]}")
     print(f"state dir (delete when done): {state}")
 
 

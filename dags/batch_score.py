@@ -66,7 +66,7 @@ DATASETS = dataset_names()
         "partition_rows": Param(2_000_000, type="integer", minimum=1000, title="Rows per partition",
                                 description="Parquet sources are split into row-group ranges of about this many "
                                             "rows, one mapped task each (a CSV file is one partition)."),
-        "chunk_rows": Param(100_000, type="integer", minimum=100, title="Rows per chunk",
+        "chunk_rows": Param(50_000, type="integer", minimum=100, title="Rows per chunk",
                             description="Rows read, validated and scored at a time: bounds a task's memory."),
     },
 )

@@ -17,7 +17,8 @@ SimpleImputer and OneHotEncoder, then an ``hstack``). Both have exact, vectorise
 
 :func:`scorer` returns None when the pipeline is not of that shape (another family, native
 categorical splits, multiclass, trees with more than 64 leaves); the caller then uses
-:func:`include.training.metrics.predict_scores`. The equality is tested against ``predict_scores`` on rows
+:func:`include.training.metrics.predict_scores`. :mod:`include.batch.skops_view` builds the same
+scorer from the model's skops file without importing sklearn. The equality is tested against ``predict_scores`` on rows
 with missing and unknown values (``tests/unit/test_batch_fastpath.py``).
 """
 
@@ -87,12 +88,16 @@ def _tree_values(tree: _Tree, xt: np.ndarray, nan_cols: np.ndarray) -> np.ndarra
 
 
 class FastScorer:
-    def __init__(self, pipeline, spec, blocks: list, trees: list[_Tree], n_features: int):
-        self.estimator = pipeline[-1]
-        self.task = spec.task
+    """``baseline``: the estimator's ``_baseline_prediction``; ``finish``: raw predictions (n, 1) ->
+    scores, as the estimator's loss turns them into probabilities or predictions."""
+
+    def __init__(self, blocks: list, trees: list[_Tree], n_features: int, baseline: np.ndarray,
+                 finish: Callable[[np.ndarray], np.ndarray]):
         self.blocks = blocks
         self.trees = trees
         self.n_features = n_features
+        self.baseline = baseline
+        self.finish = finish
 
     def matrix(self, columns: dict[str, pa.Array], idx: pa.Array, frame: Callable) -> np.ndarray:
         """The ColumnTransformer's output for the rows ``idx``, transposed (one row per feature)."""
@@ -130,16 +135,13 @@ class FastScorer:
         return xt
 
     def scores(self, xt: np.ndarray) -> np.ndarray:
-        est = self.estimator
         nan_cols = np.isnan(xt).any(axis=1)
-        raw = np.zeros((xt.shape[1], 1), dtype=est._baseline_prediction.dtype, order="F")
-        raw += est._baseline_prediction
+        raw = np.zeros((xt.shape[1], 1), dtype=self.baseline.dtype, order="F")
+        raw += self.baseline
         col = raw[:, 0]
         for tree in self.trees:
             col += _tree_values(tree, xt, nan_cols)
-        if self.task == "classification":
-            return np.asarray(est._loss.predict_proba(raw)[:, 1], dtype=float)
-        return np.asarray(est._loss.link.inverse(raw.ravel()), dtype=float)
+        return np.asarray(self.finish(raw), dtype=float)
 
 
 def scorer(pipeline, spec) -> FastScorer | None:
@@ -200,4 +202,10 @@ def scorer(pipeline, spec) -> FastScorer | None:
         if nodes["is_categorical"].any() or int(nodes["is_leaf"].sum()) > 64:
             return None
         trees.append(_compile_tree(nodes))
-    return FastScorer(pipeline, spec, blocks, trees, width)
+    if spec.task == "classification":
+        def finish(raw: np.ndarray) -> np.ndarray:
+            return est._loss.predict_proba(raw)[:, 1]
+    else:
+        def finish(raw: np.ndarray) -> np.ndarray:
+            return est._loss.link.inverse(raw.ravel())
+    return FastScorer(blocks, trees, width, est._baseline_prediction, finish)

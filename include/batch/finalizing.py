@@ -71,6 +71,7 @@ def _aggregate(plan_: dict, stats: list[dict]) -> dict:
         **{k: plan_[k] for k in ("batch_run_id", "run_id", "dataset", "model", "version", "version_chosen_by",
                                  "source", "data_rev", "data_md5", "output")},
         "trigger": plan_.get("trigger"),
+        "model_md5": plan_.get("model_md5"),  # of the skops file that scored (None: planned before it was kept)
         **total,
         "partitions": len(stats),
         "reject_reasons": dict(sorted(reasons.items(), key=lambda kv: -kv[1])),
@@ -111,7 +112,7 @@ def _log_run(plan_: dict, manifest: dict) -> str:
     tags = {"batch_run_id": plan_["batch_run_id"], "dag_run_id": plan_["run_id"], "dataset": plan_["dataset"],
             "model_name": plan_["model"], "model_version": str(plan_["version"]), "model_run_id": mv.run_id,
             "model_uri": f"models:/{plan_['model']}/{plan_['version']}", "source": plan_["source"],
-            "data_rev": plan_["data_rev"] or "", "output": plan_["output"],
+            "data_rev": plan_["data_rev"] or "", "output": plan_["output"], "model_md5": plan_.get("model_md5") or "",
             "mlflow.runName": f"batch {plan_['dataset']} {plan_['batch_run_id']}"[:250]}
     run = existing or c.create_run(exp_id, tags=tags)
     rid = run.info.run_id

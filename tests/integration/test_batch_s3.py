@@ -4,6 +4,7 @@ the mapped score tasks are what the workers would share), and a re-run after a l
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 
@@ -54,9 +55,12 @@ def test_s3_source_and_output_mapped_partitions_and_rerun(airflow_db, state, s3_
     prefix = f"out/sessions/{job.batch_run_id(dr.run_id)}/"
     keys = _keys(s3, s3_bucket, prefix)
     parts = [f"part-{i:05d}.parquet" for i in range(4)]
-    assert keys == sorted([prefix + "_manifest.json", prefix + "_plan.json",
+    assert keys == sorted([prefix + "_manifest.json", prefix + "_plan.json", prefix + "_model/model.skops",
                            *(prefix + "scores/" + p for p in parts), *(prefix + "rejects/" + p for p in parts)])
     manifest = json.loads(s3.get_object(Bucket=s3_bucket, Key=prefix + "_manifest.json")["Body"].read())
+    # the score tasks read the model plan fetched once (the md5 in the manifest is of those bytes)
+    skops_file = s3.get_object(Bucket=s3_bucket, Key=prefix + "_model/model.skops")["Body"].read()
+    assert manifest["model_md5"] == hashlib.md5(skops_file).hexdigest()
     assert manifest["rows_in"] == 3300 and manifest["scored"] == 3296 and manifest["rejected"] == 4
     assert manifest["output"] == f"s3://{s3_bucket}/{prefix.rstrip('/')}"
     scores = _parquet(s3, s3_bucket, [k for k in keys if "/scores/" in k])

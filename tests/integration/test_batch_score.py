@@ -4,7 +4,9 @@ and predict_scores'; every kind of row /predict rejects lands in rejects with th
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
+import logging
 import subprocess
 import sys
 import time
@@ -31,7 +33,7 @@ BAD = [
 ]
 
 
-def _champion(state) -> dict:
+def _champion(state, family: str = "logreg") -> dict:
     from include.ingestion import commit_validated, validate_landed
     from include.spec import load_spec
     from include.tracking import client, configure_mlflow
@@ -44,7 +46,7 @@ def _champion(state) -> dict:
     spec = load_spec("sessions")
     lineage = DataRepo().lineage("sessions", extra["dvc_rev"])
     model = train_and_register(DataRepo().load("sessions", extra["dvc_rev"], spec), spec,
-                               lineage={**lineage, "dag_run_id": "test"}, family="logreg", reason="batch-test",
+                               lineage={**lineage, "dag_run_id": "test"}, family=family, reason="batch-test",
                                run_key="batch-test")
     configure_mlflow()
     client().set_registered_model_alias(model["model"], "champion", model["version"])
@@ -179,7 +181,9 @@ def test_batch_score_dag_scores_like_the_server_and_rejects_like_it(airflow_db, 
     assert len(parts) == 5 and job.finalize(parts) == manifest
 
 
-def test_data_repo_revision_scores_the_rows_the_revision_holds(state):
+# hgb: the score task builds the vectorised scorer from the skops file (no sklearn); logreg: skops loads it
+@pytest.mark.parametrize("family", ["logreg", "hgb"])
+def test_data_repo_revision_scores_the_rows_the_revision_holds(state, family, caplog):
     """source=latest: the rows DataRepo.load gives (a later batch's row replaces the earlier one)."""
     from include.batch import job
     from include.ingestion import commit_validated, validate_landed
@@ -188,15 +192,20 @@ def test_data_repo_revision_scores_the_rows_the_revision_holds(state):
     from include.training.model_io import load_model
     from include.versioning import DataRepo
 
-    model = _champion(state)
+    model = _champion(state, family)
     spec = load_spec("sessions")
     fix = make_batch(0, 1500).iloc[:100].assign(cart_items=3)  # corrections of 100 day-0 rows
     landing = Path(state.landing) / "sessions"
     write_batch(pd.concat([fix, make_batch(1, 400)]), landing / "day1.csv")
     extra = commit_validated([validate_landed(str(landing / "day1.csv"), "sessions")], "sessions")
 
-    manifest = job.run({"dataset": "sessions", "source": "latest", "model_version": str(model["version"])},
-                       "manual__rev-test")
+    with caplog.at_level(logging.INFO, logger="include.batch.scoring"):
+        manifest = job.run({"dataset": "sessions", "source": "latest", "model_version": str(model["version"])},
+                           f"manual__rev-test-{family}")
+    fast = "scoring with the vectorised fast path" in caplog.text
+    assert fast == (family == "hgb"), caplog.text[-2000:]
+    skops_file = Path(manifest["output"]) / "_model" / "model.skops"
+    assert manifest["model_md5"] == hashlib.md5(skops_file.read_bytes()).hexdigest()
     assert manifest["data_rev"] == extra["dvc_rev"] and manifest["version_chosen_by"] == "version"
     assert manifest["rows_in"] == 1500 + 500 and manifest["superseded"] == 100 and manifest["rejected"] == 0
     scores = pd.read_parquet(Path(manifest["output"]) / "scores").set_index("session_id")

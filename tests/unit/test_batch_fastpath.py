@@ -8,6 +8,7 @@ import pytest
 
 from include.batch.fastpath import scorer
 from include.batch.rows import ChunkValidator
+from include.batch.skops_view import scorer_from_skops
 from include.spec import load_spec
 from include.training.metrics import model_input_columns, predict_scores
 from include.training.pipeline import build_pipeline
@@ -51,6 +52,16 @@ def test_fast_path_equals_the_pipeline_bit_for_bit(dataset, params):
     assert np.isnan(rows[model_input_columns(spec)].select_dtypes("number").to_numpy()).any()
     np.testing.assert_array_equal(got, want)
 
+    # the same scorer read straight from the skops file (what a batch score task does, without sklearn)
+    import skops.io
+
+    view = scorer_from_skops(skops.io.dumps(pipe), spec)
+    assert view is not None
+    fast_v, classes = view
+    assert [b[:2] for b in fast_v.blocks] == [b[:2] for b in fast.blocks]
+    assert classes == (list(pipe.classes_) if spec.task == "classification" else [])
+    np.testing.assert_array_equal(fast_v.scores(fast_v.matrix(checked.columns, idx, None)), want)
+
     # a category the model never saw and a missing one are all-zero one-hot rows, as sklearn's
     cat = next(c for c in spec.categorical_features)
     some = checked.columns | {cat: pa.array(["never-seen", None] + [None] * (len(rows) - 2), pa.string())}
@@ -65,3 +76,6 @@ def test_other_families_keep_the_model_s_own_predict():
     df = _batch("sessions", 0, 500).dropna()
     pipe = build_pipeline(spec, "logreg").fit(df[model_input_columns(spec)], df[spec.target])
     assert scorer(pipe, spec) is None
+    import skops.io
+
+    assert scorer_from_skops(skops.io.dumps(pipe), spec) is None  # the score task then loads it with skops
