@@ -1,71 +1,20 @@
-"""The gate's statistics on arrays: every metric as a weighted sum (so one call evaluates a whole
-batch of bootstrap samples) and the paired bootstrap of challenger - champion."""
+"""The gate's statistics on arrays: the paired bootstrap of challenger - champion, on the metrics of
+:mod:`include.training.metrics` (every metric a weighted sum, so one call evaluates a whole batch
+of bootstrap samples); ``metric_set`` is training's ``compute_metrics``, the same numbers."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from include.training.metrics import HIGHER_IS_BETTER, METRICS
+from include.training.metrics import HIGHER_IS_BETTER, metric_value, weighted_metric
+from include.training.metrics import compute_metrics as metric_set
+
+__all__ = ["bootstrap_deltas", "metric_set", "metric_value", "orient", "weighted_metric"]
 
 
 def orient(metric: str, value: float) -> float:
     """Higher is better after orientation."""
     return value if HIGHER_IS_BETTER[metric] else -value
-
-
-def metric_value(y: np.ndarray, scores: np.ndarray, metric: str) -> float:
-    """One metric on the full arrays (classification: y in {0,1}, scores = P(1))."""
-    w = np.ones((1, len(y)))
-    return float(weighted_metric(np.asarray(y), np.asarray(scores, dtype=float), w, metric)[0])
-
-
-def weighted_metric(y: np.ndarray, scores: np.ndarray, w: np.ndarray, metric: str) -> np.ndarray:
-    """``metric`` for each row of the weight matrix ``w`` (B x n): vectorized over bootstrap samples.
-
-    A bootstrap sample is a row of multiplicities, so every metric is a weighted sum; AUC uses the
-    rank formula (Mann-Whitney) with ties counted as one half, from one sort of the scores.
-    """
-    total = w.sum(axis=1)
-    if metric == "roc_auc":
-        order = np.argsort(scores, kind="mergesort")
-        s, yy, ws = scores[order], y[order].astype(float), w[:, order]
-        starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
-        gp = np.add.reduceat(ws * yy, starts, axis=1)
-        gn = np.add.reduceat(ws * (1.0 - yy), starts, axis=1)
-        below = np.cumsum(gn, axis=1) - gn
-        num = (gp * (below + 0.5 * gn)).sum(axis=1)
-        den = gp.sum(axis=1) * gn.sum(axis=1)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(den > 0, num / den, np.nan)
-    if metric in ("accuracy", "f1", "log_loss"):
-        yy = y.astype(float)
-        pred = (scores >= 0.5).astype(float)
-        if metric == "accuracy":
-            return w @ (pred == yy).astype(float) / total
-        if metric == "log_loss":
-            p = np.clip(scores, 1e-15, 1 - 1e-15)
-            return w @ -(yy * np.log(p) + (1 - yy) * np.log(1 - p)) / total
-        tp = w @ (pred * yy)
-        fp = w @ (pred * (1 - yy))
-        fn = w @ ((1 - pred) * yy)
-        den = 2 * tp + fp + fn
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(den > 0, 2 * tp / den, 0.0)
-    err = scores - y.astype(float)
-    if metric == "rmse":
-        return np.sqrt(w @ err**2 / total)
-    if metric == "mae":
-        return w @ np.abs(err) / total
-    if metric == "r2":
-        yy = y.astype(float)
-        sst = w @ yy**2 - (w @ yy) ** 2 / total
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(sst > 0, 1 - (w @ err**2) / sst, np.nan)
-    raise ValueError(f"unknown metric {metric!r}")
-
-
-def metric_set(y: np.ndarray, scores: np.ndarray, task: str) -> dict[str, float]:
-    return {m: metric_value(y, scores, m) for m in METRICS[task]}
 
 
 def bootstrap_deltas(y: np.ndarray, champ: np.ndarray, chall: np.ndarray, metric: str, *, n_boot: int = 1000,

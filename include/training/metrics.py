@@ -2,8 +2,8 @@
 expect it, and the metric set of a task (shared by training, the gate, model CI, drift and serving).
 
 Cheap to import (numpy and the standard library): the gate and the model server import this
-without the training pipeline or MLflow; scikit-learn's metrics load on the first
-:func:`compute_metrics`.
+without the training pipeline, MLflow or scikit-learn. Every metric is computed once, by
+:func:`weighted_metric` (the gate's bootstrap evaluates it on many weight rows at a time).
 """
 
 from __future__ import annotations
@@ -59,28 +59,64 @@ def predict_scores(model: Pipeline, df: pd.DataFrame, spec: DatasetSpec) -> np.n
     return np.asarray(model.predict(X), dtype=float)
 
 
+def weighted_metric(y: np.ndarray, scores: np.ndarray, w: np.ndarray, metric: str) -> np.ndarray:
+    """``metric`` for each row of the weight matrix ``w`` (B x n): vectorized over bootstrap samples.
+
+    The one implementation of every metric (:func:`compute_metrics` is this with unit weights).
+    A bootstrap sample is a row of multiplicities, so every metric is a weighted sum; AUC uses the
+    rank formula (Mann-Whitney) with ties counted as one half, from one sort of the scores.
+    Undefined values are NaN: AUC with one class, R^2 with a constant target (scikit-learn's
+    r2_score says 0 or 1 there).
+    """
+    total = w.sum(axis=1)
+    if metric == "roc_auc":
+        order = np.argsort(scores, kind="mergesort")
+        s, yy, ws = scores[order], y[order].astype(float), w[:, order]
+        starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
+        gp = np.add.reduceat(ws * yy, starts, axis=1)
+        gn = np.add.reduceat(ws * (1.0 - yy), starts, axis=1)
+        below = np.cumsum(gn, axis=1) - gn
+        num = (gp * (below + 0.5 * gn)).sum(axis=1)
+        den = gp.sum(axis=1) * gn.sum(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(den > 0, num / den, np.nan)
+    if metric in ("accuracy", "f1", "log_loss"):
+        yy = y.astype(float)
+        pred = (scores >= 0.5).astype(float)
+        if metric == "accuracy":
+            return w @ (pred == yy).astype(float) / total
+        if metric == "log_loss":
+            p = np.clip(scores, 1e-15, 1 - 1e-15)
+            return w @ -(yy * np.log(p) + (1 - yy) * np.log(1 - p)) / total
+        tp = w @ (pred * yy)
+        fp = w @ (pred * (1 - yy))
+        fn = w @ ((1 - pred) * yy)
+        den = 2 * tp + fp + fn
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(den > 0, 2 * tp / den, 0.0)
+    err = scores - y.astype(float)
+    if metric == "rmse":
+        return np.sqrt(w @ err**2 / total)
+    if metric == "mae":
+        return w @ np.abs(err) / total
+    if metric == "r2":
+        yy = y.astype(float)
+        sst = w @ yy**2 - (w @ yy) ** 2 / total
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(sst > 0, 1 - (w @ err**2) / sst, np.nan)
+    raise ValueError(f"unknown metric {metric!r}")
+
+
+def metric_value(y: np.ndarray, scores: np.ndarray, metric: str) -> float:
+    """One metric on the full arrays (classification: y in {0,1}, scores = P(1))."""
+    y = np.asarray(y)
+    return float(weighted_metric(y, np.asarray(scores, dtype=float), np.ones((1, len(y))), metric)[0])
+
+
 def compute_metrics(y: np.ndarray, scores: np.ndarray, task: str) -> dict[str, float]:
     """Metric set of a task. Classification: y in {0,1} (positive = 1) and P(positive)."""
-    from sklearn import metrics as skm
-
-    y = np.asarray(y)
-    scores = np.asarray(scores, dtype=float)
-    if task == "classification":
-        y = y.astype(int)
-        pred = (scores >= 0.5).astype(int)
-        both = len(np.unique(y)) == 2
-        return {
-            "roc_auc": float(skm.roc_auc_score(y, scores)) if both else float("nan"),
-            "accuracy": float(skm.accuracy_score(y, pred)),
-            "f1": float(skm.f1_score(y, pred, zero_division=0)),
-            "log_loss": float(skm.log_loss(y, np.clip(scores, 1e-15, 1 - 1e-15), labels=[0, 1])),
-        }
-    y = y.astype(float)
-    return {
-        "rmse": float(math.sqrt(skm.mean_squared_error(y, scores))),
-        "mae": float(skm.mean_absolute_error(y, scores)),
-        "r2": float(skm.r2_score(y, scores)) if len(y) > 1 else float("nan"),
-    }
+    y = np.asarray(y).astype(int if task == "classification" else float)
+    return {m: metric_value(y, scores, m) for m in METRICS[task]}
 
 
 def target_array(df: pd.DataFrame, spec: DatasetSpec, model: Pipeline) -> np.ndarray:

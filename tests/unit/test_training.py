@@ -178,6 +178,34 @@ def test_compute_metrics_classification():
     assert np.isnan(compute_metrics(np.zeros(3), np.array([0.1, 0.2, 0.3]), "classification")["roc_auc"])
 
 
+def test_compute_metrics_equals_sklearns_metrics():
+    """compute_metrics (training, drift, model CI) and the gate's metric_set and bootstrap are one
+    implementation (weighted_metric); it gives scikit-learn's numbers, ties and clipping included."""
+    from sklearn import metrics as skm
+
+    from include.gate import metric_set
+
+    rng = np.random.default_rng(3)
+    y = (rng.random(2000) < 0.3).astype(int)
+    s = np.round(np.clip(rng.random(2000) * 0.7 + 0.3 * y, 0, 1), 2)  # rounded: ties; 0 and 1: clipping
+    s[:5] = [0.0, 1.0, 0.5, 0.0, 1.0]
+    expected = {
+        "roc_auc": skm.roc_auc_score(y, s), "accuracy": skm.accuracy_score(y, s >= 0.5),
+        "f1": skm.f1_score(y, s >= 0.5, zero_division=0),
+        "log_loss": skm.log_loss(y, np.clip(s, 1e-15, 1 - 1e-15), labels=[0, 1]),
+    }
+    got = compute_metrics(y, s, "classification")
+    assert got == pytest.approx(expected, rel=1e-10) and metric_set(y, s, "classification") == got
+    assert compute_metrics(y, np.zeros(2000), "classification")["f1"] == 0.0  # no positive prediction
+
+    target = rng.normal(10, 3, 500)
+    pred = target + rng.normal(0, 1, 500)
+    expected = {"rmse": skm.root_mean_squared_error(target, pred), "mae": skm.mean_absolute_error(target, pred),
+                "r2": skm.r2_score(target, pred)}
+    assert compute_metrics(target, pred, "regression") == pytest.approx(expected, rel=1e-10)
+    assert np.isnan(compute_metrics(np.ones(4), np.arange(4.0), "regression")["r2"])  # undefined, not sklearn's 0
+
+
 def test_metric_names_are_valid_for_mlflow():
     from mlflow.utils.validation import _validate_metric_name
 
