@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from include.config import settings
 from include.drift.decision import _utc, decide_retrain
-from include.drift.history import _append_entry, _trigger_lock, load_trigger_history, triggers_path
+from include.drift.history import append_entry, load_trigger_history, trigger_log
 from include.drift.labels import join_labels
 from include.drift.mlflow_log import log_to_mlflow
 from include.drift.policy import DriftPolicy
@@ -89,11 +89,11 @@ def run_drift_check(
                 and prediction_col and prediction_col in current_df.columns:
             result.quality = join_labels(current_df, labeled_df, spec.key, target=spec.target,
                                          prediction_col=prediction_col, task=spec.task).summary()
-    path = Path(triggers_file or triggers_path())
+    tlog = trigger_log(triggers_file)
     # Decide and record atomically: two checks running at once must not both see "no recent
     # trigger" and both retrain. The expensive part (sampling, Evidently) ran above, unlocked.
-    with _trigger_lock(path):
-        history = load_trigger_history(model_name=model_name, path=path)
+    with tlog.lock:
+        history = load_trigger_history(model_name=model_name, path=tlog.path)
         replay = _replayed(history, run_key)
         if replay is not None:
             return replay
@@ -124,8 +124,8 @@ def run_drift_check(
                             } if decision.retrain else None),
         })
         if record:
-            _append_entry(path, decision, model_name=model_name, model_version=model_version,
-                          dataset=dataset, run_key=run_key, summary=summary)
+            append_entry(tlog, decision, model_name=model_name, model_version=model_version,
+                         dataset=dataset, run_key=run_key, summary=summary)
     log.info("drift check %s v%s: %s", model_name, model_version, decision.reason)
     return summary
 

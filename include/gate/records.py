@@ -3,7 +3,6 @@ challenger's run, appended once to ``<reports_dir>/audit.jsonl``, and read back 
 
 from __future__ import annotations
 
-import fcntl
 import json
 from pathlib import Path
 
@@ -56,35 +55,17 @@ def _holdout_lines(h: dict) -> list[str]:
     return lines
 
 
-def append_audit(line: dict, path: Path) -> bool:
+def append_audit(line: dict, path: Path | None = None) -> bool:
     """Append one JSON line unless a line with the same ``decision_id`` is there; True if written."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+", encoding="utf-8") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            fh.seek(0)
-            for existing in fh:
-                try:
-                    if json.loads(existing).get("decision_id") == line["decision_id"]:
-                        return False
-                except json.JSONDecodeError:
-                    continue
-            fh.seek(0, 2)
-            fh.write(json.dumps(line, sort_keys=True) + "\n")
-            fh.flush()
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-    return True
+    from include.recordlog import gate_audit_log
+
+    return gate_audit_log(path).append(line)[1]
 
 
 def read_audit(path: Path | None = None) -> list[dict]:
-    if path is None:
-        from include.config import settings
+    from include.recordlog import gate_audit_log
 
-        path = settings().reports_dir / "audit.jsonl"
-    from include.jsonsafe import read_jsonl
-
-    return read_jsonl(path)
+    return gate_audit_log(path).read()
 
 
 def recorded_decision(mv) -> dict | None:
