@@ -3,7 +3,7 @@
 Output of a run (``<output>/<dataset>/<batch_run_id>/``)::
 
     _plan.json                 the resolved run: model version (resolved once), partitions
-    _model/<md5>.skops         the model artifact, downloaded once by plan (scoring reads it here)
+    _model/model.skops         the model's skops file, fetched once by plan (md5 in the plan)
     scores/part-00000.parquet  key, score[, label], model_name, model_version, data_rev, source,
                                source_md5, row, run_id, batch_run_id
     rejects/part-00000.parquet source, row, key, type, field, reason, values (JSON)

@@ -41,6 +41,8 @@ def test_fast_path_equals_the_pipeline_bit_for_bit(dataset, params):
     fast = scorer(pipe, spec)
     assert fast is not None and all(b[0] in ("numeric", "onehot") for b in fast.blocks)
     assert max(len(t.values) for t in fast.trees) > (8 if params.get("max_leaf_nodes") else 4)
+    # one-byte leaf sets take the exit-value table, wider ones the lowest-bit arithmetic
+    assert any(t.exit_values is not None for t in fast.trees) == (not params.get("max_leaf_nodes"))
 
     rows = _batch(dataset, 1, 2000)
     validator = ChunkValidator(spec)
