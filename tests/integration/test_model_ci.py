@@ -211,5 +211,5 @@ def test_compare_metrics_is_exact():
 
 
 def test_recipe_params_round_trip():
-    assert model_ci._param_value("0.05") == 0.05 and model_ci._param_value("None") is None
-    assert model_ci._param_value("False") is False and model_ci._param_value("auto") == "auto"
+    assert model_ci.param_value("0.05") == 0.05 and model_ci.param_value("None") is None
+    assert model_ci.param_value("False") is False and model_ci.param_value("auto") == "auto"
