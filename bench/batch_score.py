@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -50,12 +51,16 @@ def _rss_kib(pid: int) -> int:
     return 0
 
 
-def child(args: list[str], env: dict) -> tuple[float, float, int]:
-    """(wall seconds, peak RSS MiB of the child's process tree, exit status).
+def child(args: list[str], env: dict) -> tuple[float, float, int, float]:
+    """(wall seconds, peak RSS MiB of the child's process tree, exit status, CPU seconds of the tree).
+
+    CPU seconds (user + system, from getrusage of the waited-for children) move less than wall
+    time when other jobs share the machine.
 
     RSS is sampled from /proc every 20 ms (summed over the child and its descendants), because
     ru_maxrss of a forked child starts from the parent's peak and would hide a smaller child.
     """
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     with tempfile.TemporaryFile("w+") as log:  # a file, not a pipe: a chatty child never blocks
         t0 = time.perf_counter()
         proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log)
@@ -67,7 +72,9 @@ def child(args: list[str], env: dict) -> tuple[float, float, int]:
         if proc.returncode != 0:
             log.seek(0)
             print(log.read()[-3000:], file=sys.stderr)
-    return wall, peak / 1024, proc.returncode
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return wall, peak / 1024, proc.returncode, cpu
 
 
 def main() -> None:
@@ -114,10 +121,10 @@ def main() -> None:
     mlflow_cli = str(Path(py).parent / "mlflow")
     results: dict[str, tuple] = {}
 
-    def best(name: str, rows: int, measured: tuple[float, float, int]) -> None:
+    def best(name: str, rows: int, measured: tuple[float, float, int, float]) -> None:
         old = results.get(name)
         results[name] = (rows, *measured) if old is None or measured[0] < old[1] else old
-        print(f"  {name}: {measured[0]:.1f} s, {measured[1]:.0f} MiB", flush=True)
+        print(f"  {name}: {measured[0]:.1f} s, {measured[1]:.0f} MiB, {measured[3]:.1f} CPU s", flush=True)
 
     run = ("import json, sys; from include.batch import job; "
            "m = job.run(json.loads(sys.argv[1]), sys.argv[2]); assert m['scored'] == m['rows_in'], m")
@@ -130,25 +137,28 @@ def main() -> None:
         ours = child([py, "-c", run, json.dumps({"dataset": "sessions", "source": str(data / "day00.csv")}),
                       f"bench-1-{i}"], env)
         best("batch_score path, 1 file", a.rows, ours)
-        pairs.append((theirs[0] / ours[0], ours[1] / theirs[1]))
-        print(f"  pair {i + 1}: {pairs[-1][0]:.2f}x faster, {pairs[-1][1]:.2f}x the peak RSS; "
+        pairs.append((theirs[0] / ours[0], ours[1] / theirs[1], theirs[3] / ours[3]))
+        print(f"  pair {i + 1}: {pairs[-1][0]:.2f}x faster, {pairs[-1][1]:.2f}x the peak RSS, "
+              f"{pairs[-1][2]:.2f}x less CPU time; "
               f"load average {Path('/proc/loadavg').read_text().split()[:3]}", flush=True)
     if a.big_files > 1:
         best(f"batch_score path, {a.big_files} files", a.rows * a.big_files,
              child([py, "-c", run, json.dumps({"dataset": "sessions", "source": str(many / "*.csv")}),
                     "bench-n"], env))
 
-    print(f"{'':36} {'rows':>11} {'wall s':>8} {'rows/s':>10} {'peak RSS MiB':>13}")
-    for name, (rows, wall, rss, code) in results.items():
+    print(f"{'':36} {'rows':>11} {'wall s':>8} {'rows/s':>10} {'peak RSS MiB':>13} {'CPU s':>7}")
+    for name, (rows, wall, rss, code, cpu) in results.items():
         flag = "" if code == 0 else f"  (exit {code})"
-        print(f"{name:36} {rows:>11,} {wall:>8.1f} {rows / wall:>10,.0f} {rss:>13.0f}{flag}")
+        print(f"{name:36} {rows:>11,} {wall:>8.1f} {rows / wall:>10,.0f} {rss:>13.0f} {cpu:>7.1f}{flag}")
     base, ours = results["mlflow models predict, 1 file"], results["batch_score path, 1 file"]
     print(f"batch path vs mlflow models predict at {a.rows:,} rows: {base[1] / ours[1]:.2f}x faster, "
           f"{ours[2] / base[2]:.2f}x the peak RSS (best of each; both wall times include process start and model load)")
     speed = sorted(p[0] for p in pairs)
     rss = sorted(p[1] for p in pairs)
+    cpu = sorted(p[2] for p in pairs)
     print(f"per alternating pair: {speed[0]:.2f}x..{speed[-1]:.2f}x faster (median {speed[len(speed) // 2]:.2f}x), "
-          f"{rss[0]:.2f}x..{rss[-1]:.2f}x the peak RSS; load average after: {Path('/proc/loadavg').read_text().split()[:3]}")
+          f"{rss[0]:.2f}x..{rss[-1]:.2f}x the peak RSS, {cpu[0]:.2f}x..{cpu[-1]:.2f}x less CPU time; "
+          f"load average after: {Path('/proc/loadavg').read_text().split()[:3]}")
     print(f"state dir (delete when done): {state}")
 
 
