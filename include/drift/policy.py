@@ -3,20 +3,27 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, field, fields
 from pathlib import Path
+from typing import Literal, get_args
+
+from pydantic import ConfigDict, Field, StrictBool, StrictInt, ValidationError, model_validator
+from pydantic.dataclasses import dataclass
 
 from include.config import settings
+from include.policy_errors import describe
 
 log = logging.getLogger(__name__)
 
-CORRECTIONS = ("bh", "bonferroni", "none")
+Correction = Literal["bh", "bonferroni", "none"]
+CORRECTIONS = get_args(Correction)
 
 
 SCALED_FLOOR = 100  # the smallest sample a scaled minimum goes down to
 
 
-@dataclass(frozen=True)
+# whole numbers of rows stay whole (YAML's true is not 1); numbers as feature names become text
+@dataclass(frozen=True, config=ConfigDict(extra="forbid", coerce_numbers_to_str=True))
 class DriftPolicy:
     """When a drift check may judge, what counts as drift, and how often it may retrain.
 
@@ -44,21 +51,21 @@ class DriftPolicy:
       inputs unchanged.
     """
 
-    sample_size: int = 50_000
-    min_sample_size: int = 500
-    alpha: float = 0.05
-    correction: str = "bh"
-    numeric_effect_floor: float = 0.1
-    categorical_effect_floor: float = 0.1
-    drift_share: float = 0.3
+    sample_size: StrictInt = Field(50_000, ge=1)
+    min_sample_size: StrictInt = Field(500, ge=1)
+    alpha: float = Field(0.05, gt=0, lt=1)
+    correction: Correction = "bh"
+    numeric_effect_floor: float = Field(0.1, ge=0)
+    categorical_effect_floor: float = Field(0.1, ge=0)
+    drift_share: float = Field(0.3, gt=0, le=1)
     critical_features: tuple[str, ...] = ()
-    cooldown_hours: float = 6.0
-    max_retrains_per_day: int = 3
-    prediction_drift_triggers: bool = False
+    cooldown_hours: float = Field(6.0, ge=0)
+    max_retrains_per_day: StrictInt = Field(3, ge=0)
+    prediction_drift_triggers: StrictBool = False
     quality_floor: dict[str, float] = field(default_factory=dict)
     quality_ceiling: dict[str, float] = field(default_factory=dict)
-    min_labeled: int = 1000
-    seed: int = 0
+    min_labeled: StrictInt = 1000
+    seed: StrictInt = 0
     # >0: a drift retrain fits on the newest N days only (train's `window_days`), so the new model
     # learns the world that drifted instead of mostly the one before it; 0: all data
     retrain_window_days: float = 0.0
@@ -70,49 +77,33 @@ class DriftPolicy:
         from dataclasses import replace
 
         changes = {}
+        defaults = type(self)()
         for key, share in (("min_sample_size", 0.1), ("min_labeled", 0.2)):
-            default = next(f.default for f in fields(self) if f.name == key)
+            default = getattr(defaults, key)
             # a value someone chose (in the file, or in code) is kept as it is
             if key not in self.explicit and getattr(self, key) == default:
                 changes[key] = int(min(default, max(SCALED_FLOOR, share * n_reference)))
         changes["min_sample_size"] = min(changes.get("min_sample_size", self.min_sample_size), self.sample_size)
         return replace(self, **changes)
 
-    def __post_init__(self) -> None:
-        problems = []
-        if self.correction not in CORRECTIONS:
-            problems.append(f"correction must be one of {CORRECTIONS}, got {self.correction!r}")
-        if not 0 < self.alpha < 1:
-            problems.append(f"alpha must be in (0, 1), got {self.alpha}")
-        if not 0 < self.drift_share <= 1:
-            problems.append(f"drift_share must be in (0, 1], got {self.drift_share}")
-        if self.sample_size < 1 or self.min_sample_size < 1:
-            problems.append("sample_size and min_sample_size must be positive")
+    @model_validator(mode="after")
+    def _sample_sizes(self) -> DriftPolicy:
         if self.min_sample_size > self.sample_size:
-            problems.append(f"min_sample_size {self.min_sample_size} exceeds sample_size {self.sample_size}")
-        if self.cooldown_hours < 0 or self.max_retrains_per_day < 0:
-            problems.append("cooldown_hours and max_retrains_per_day must be >= 0")
-        if self.numeric_effect_floor < 0 or self.categorical_effect_floor < 0:
-            problems.append("effect floors must be >= 0")
-        if problems:
-            raise ValueError("invalid drift policy: " + "; ".join(problems))
+            raise ValueError(f"min_sample_size {self.min_sample_size} exceeds sample_size {self.sample_size}")
+        return self
 
     @classmethod
     def from_dict(cls, raw: dict | None, *, where: str = "drift policy") -> DriftPolicy:
+        """The policy a file's mapping sets over the defaults; a ``ValueError`` naming ``where``,
+        every wrong key and its value otherwise."""
         raw = dict(raw or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(raw) - known)
-        if unknown:
-            raise ValueError(f"{where}: unknown key(s) {unknown}; known: {sorted(known)}")
-        if "critical_features" in raw:
-            raw["critical_features"] = tuple(str(c) for c in raw["critical_features"] or ())
-        for k in ("quality_floor", "quality_ceiling"):
-            if k in raw:
-                raw[k] = {str(m): float(v) for m, v in (raw[k] or {}).items()}
+        known = sorted(f.name for f in fields(cls) if f.name != "explicit")
+        if "explicit" in raw:  # bookkeeping, never set by a file
+            raise ValueError(f"{where}: unknown key 'explicit' (known: {known})")
         try:
             return cls(**raw, explicit=frozenset(raw))
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"{where}: {err}") from err
+        except ValidationError as err:
+            raise ValueError(describe(err, where, known=known)) from None
 
     @classmethod
     def load(cls, dataset: str, policies_dir: Path | None = None) -> DriftPolicy:

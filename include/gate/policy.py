@@ -6,8 +6,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, ValidationInfo, model_validator
+
+from include.policy_errors import describe
 from include.training.metrics import METRICS
 
 
@@ -51,9 +54,55 @@ DEFAULT_POLICIES = {
     ),
 }
 
-_YAML_KEYS = {"primary_metric", "absolute", "max_regression", "slices", "significance", "min_fresh_holdout"}
-_SLICE_KEYS = {"metric": "slice_metric", "max_drop": "slice_max_drop", "min_size": "slice_min_size"}
-_SIG_KEYS = {"confidence", "min_improvement", "n_boot", "seed"}
+class _FileModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+Tolerance = Annotated[float, Field(ge=0)]  # an amount of allowed worsening
+
+
+class _Slices(_FileModel):
+    metric: str | None = None
+    max_drop: Tolerance | None = None
+    min_size: StrictInt | None = Field(None, ge=1)
+
+
+class _Significance(_FileModel):
+    confidence: float | None = Field(None, ge=0.5, lt=1)
+    min_improvement: float | None = None
+    n_boot: StrictInt | None = Field(None, ge=100)
+    seed: StrictInt | None = None
+
+
+class PolicyFile(_FileModel):
+    """The schema of ``<dataset>.yaml`` (see ``include/policies/sessions.yaml``); what it leaves
+    out comes from the task's defaults. Metric names must be the task's (validation context)."""
+
+    primary_metric: str | None = None
+    absolute: dict[str, float] | None = None
+    max_regression: dict[str, Tolerance] | None = None
+    slices: _Slices | None = None
+    significance: _Significance | None = None
+    min_fresh_holdout: StrictInt | None = Field(None, ge=1)  # whole rows; YAML's true is not 1
+
+    @model_validator(mode="after")
+    def _task_metrics(self, info: ValidationInfo) -> PolicyFile:
+        task = (info.context or {}).get("task", "classification")
+        named = [self.primary_metric, (self.slices or _Slices()).metric, *(self.absolute or {}),
+                 *(self.max_regression or {})]
+        wrong = sorted({m for m in named if m is not None and m not in METRICS[task]})
+        if wrong:
+            raise ValueError(f"metric(s) {wrong} are not {task} metrics; use one of {list(METRICS[task])}")
+        return self
+
+    def overrides(self) -> dict[str, Any]:
+        """The :class:`Policy` fields this file sets."""
+        slices, sig = self.slices or _Slices(), self.significance or _Significance()
+        kw = {"primary_metric": self.primary_metric, "absolute": self.absolute,
+              "max_regression": self.max_regression, "min_fresh_holdout": self.min_fresh_holdout,
+              "slice_metric": slices.metric, "slice_max_drop": slices.max_drop, "slice_min_size": slices.min_size,
+              **sig.model_dump()}
+        return {k: v for k, v in kw.items() if v is not None}
 
 
 def policy_path(dataset: str, policies_dir: Path | None = None) -> Path:
@@ -65,53 +114,16 @@ def policy_path(dataset: str, policies_dir: Path | None = None) -> Path:
 
 
 def parse_policy(raw: dict | None, task: str, *, source: str = "defaults") -> Policy:
-    """Policy from a YAML mapping (see ``include/policies/sessions.yaml``) over the task defaults."""
-    base = DEFAULT_POLICIES[task]
-    raw = raw or {}
-    if not isinstance(raw, dict):
+    """Policy from a YAML mapping (:class:`PolicyFile`) over the task defaults; a ``ValueError``
+    naming ``source``, every wrong key and its value otherwise."""
+    if raw is not None and not isinstance(raw, dict):
         raise ValueError(f"{source}: a policy must be a mapping")
-    unknown = set(raw) - _YAML_KEYS
-    if unknown:
-        raise ValueError(f"{source}: unknown policy key(s) {sorted(unknown)}; allowed: {sorted(_YAML_KEYS)}")
-    kw: dict[str, Any] = {"source": source}
-    if "primary_metric" in raw:
-        kw["primary_metric"] = raw["primary_metric"]
-    if "absolute" in raw:
-        kw["absolute"] = {str(k): float(v) for k, v in (raw["absolute"] or {}).items()}
-    if "max_regression" in raw:
-        kw["max_regression"] = {str(k): float(v) for k, v in (raw["max_regression"] or {}).items()}
-    if raw.get("min_fresh_holdout") is not None:
-        fresh = raw["min_fresh_holdout"]
-        if isinstance(fresh, bool) or not isinstance(fresh, int) or fresh < 1:
-            raise ValueError(f"{source}: min_fresh_holdout must be a whole number of rows >= 1, got {fresh!r}")
-        kw["min_fresh_holdout"] = fresh
-    slices = raw.get("slices") or {}
-    bad = set(slices) - set(_SLICE_KEYS)
-    if bad:
-        raise ValueError(f"{source}: unknown slices key(s) {sorted(bad)}; allowed: {sorted(_SLICE_KEYS)}")
-    for k, attr in _SLICE_KEYS.items():
-        if k in slices:
-            kw[attr] = slices[k]
-    sig = raw.get("significance") or {}
-    bad = set(sig) - _SIG_KEYS
-    if bad:
-        raise ValueError(f"{source}: unknown significance key(s) {sorted(bad)}; allowed: {sorted(_SIG_KEYS)}")
-    kw.update(sig)
-    policy = replace(base, **kw)
-    allowed = METRICS[task]
-    named = [policy.primary_metric, policy.slice_metric, *policy.absolute, *policy.max_regression]
-    wrong = sorted({m for m in named if m not in allowed})
-    if wrong:
-        raise ValueError(f"{source}: metric(s) {wrong} are not {task} metrics; use one of {list(allowed)}")
-    if not 0.5 <= float(policy.confidence) < 1:
-        raise ValueError(f"{source}: confidence must be in [0.5, 1), got {policy.confidence}")
-    if int(policy.n_boot) < 100:
-        raise ValueError(f"{source}: n_boot must be at least 100, got {policy.n_boot}")
-    if any(v < 0 for v in policy.max_regression.values()) or policy.slice_max_drop < 0:
-        raise ValueError(f"{source}: tolerances are amounts of allowed worsening and must be >= 0")
-    return replace(policy, confidence=float(policy.confidence), n_boot=int(policy.n_boot), seed=int(policy.seed),
-                   min_improvement=float(policy.min_improvement), slice_max_drop=float(policy.slice_max_drop),
-                   slice_min_size=int(policy.slice_min_size))
+    try:
+        parsed = PolicyFile.model_validate(raw or {}, context={"task": task})
+    except ValidationError as err:
+        raise ValueError(describe(err, source, known={"": PolicyFile.model_fields, "slices": _Slices.model_fields,
+                                                      "significance": _Significance.model_fields})) from None
+    return replace(DEFAULT_POLICIES[task], source=source, **parsed.overrides())
 
 
 def load_policy(dataset: str, task: str, policies_dir: Path | None = None) -> Policy:

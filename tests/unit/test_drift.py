@@ -218,15 +218,25 @@ def test_policy_file_and_defaults(tmp_path):
     assert DriftPolicy.load("x", tmp_path) == DriftPolicy(alpha=0.01, critical_features=("a",))
 
 
-@pytest.mark.parametrize("raw, match", [
-    ({"alpah": 0.05}, "unknown key"),
-    ({"correction": "holm"}, "correction"),
-    ({"alpha": 1.5}, "alpha"),
-    ({"min_sample_size": 10, "sample_size": 5}, "min_sample_size"),
+@pytest.mark.parametrize("raw, message", [
+    ({"alpah": 0.05}, "d.yaml: unknown key 'alpah' (known: ['alpha', "),
+    ({"explicit": ["alpha"]}, "d.yaml: unknown key 'explicit'"),
+    ({"correction": "holm"}, "d.yaml: correction: Input should be 'bh', 'bonferroni' or 'none', got 'holm'"),
+    ({"alpha": 1.5}, "d.yaml: alpha: Input should be less than 1, got 1.5"),
+    ({"drift_share": 0}, "drift_share: Input should be greater than 0, got 0"),
+    ({"cooldown_hours": -1}, "cooldown_hours: Input should be greater than or equal to 0, got -1"),
+    ({"sample_size": True}, "sample_size: Input should be a valid integer, got True"),
+    ({"prediction_drift_triggers": "maybe"}, "prediction_drift_triggers: Input should be a valid boolean, got 'maybe'"),
+    ({"quality_floor": {"roc_auc": "high"}}, "quality_floor.roc_auc: Input should be a valid number"),
+    ({"min_sample_size": 10, "sample_size": 5}, "d.yaml: min_sample_size 10 exceeds sample_size 5"),
 ])
-def test_policy_rejects_mistakes(raw, match):
-    with pytest.raises(ValueError, match=match):
-        DriftPolicy.from_dict(raw)
+def test_policy_rejects_mistakes(raw, message):
+    with pytest.raises(ValueError) as err:
+        DriftPolicy.from_dict(raw, where="d.yaml")
+    assert message in str(err.value)
+    if "explicit" not in raw:
+        with pytest.raises(ValueError):  # built in code, the same checks apply
+            DriftPolicy(**raw)
 
 
 # ---------------------------------------------------------------------------- trigger log
