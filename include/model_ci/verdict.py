@@ -88,7 +88,6 @@ def check(dataset: str, *, family: str | None = None, params: dict | None = None
     """Train the working tree's pipeline on the champion's recipe and gate it against the champion."""
     from dvc.exceptions import DvcException
     from dvc_data.index.index import DataIndexError
-    from mlflow.exceptions import MlflowException
 
     from include.gate import (
         CHAMPION,
@@ -102,7 +101,7 @@ def check(dataset: str, *, family: str | None = None, params: dict | None = None
         training_keys,
     )
     from include.spec import SpecError, load_spec
-    from include.tracking import client, configure_mlflow, with_retry
+    from include.tracking import alias_model_version, client, configure_mlflow, with_retry
     from include.training.inputs import select_window
     from include.training.lineage import code_sha
     from include.training.metrics import compute_threads
@@ -117,15 +116,10 @@ def check(dataset: str, *, family: str | None = None, params: dict | None = None
     name = spec.model_name
     configure_mlflow()
     c = client()
-    try:
-        champ_mv = with_retry(c.get_model_version_by_alias, name, CHAMPION)
-    except MlflowException as err:
-        from include.tracking import is_unreachable
-
-        if is_unreachable(err):  # an unreachable store is not "no champion"
-            raise
+    champ_mv = alias_model_version(name, CHAMPION, c)  # only "not found" is None: an outage raises
+    if champ_mv is None:
         raise CiError(f"{name} has no {CHAMPION!r} alias, so there is nothing to compare a change with "
-                      f"(the first model only meets the gate's absolute minimums): {err.message}") from err
+                      f"(the first model only meets the gate's absolute minimums)")
     before = registry_snapshot(c, name)
     champ_run = with_retry(c.get_run, champ_mv.run_id)
     recipe = recipe_of(champ_mv, champ_run)
