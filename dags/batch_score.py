@@ -8,7 +8,9 @@ Runs on demand (UI form, REST `POST /api/v2/dags/batch_score/dagRuns` with conf
 `{dataset, source, model_version, output}`):
 * **plan** resolves the model version once (the dataset's `champion` unless a version number or
   alias is given) and the source: a data-repo revision (`latest` by default) or CSV/Parquet files
-  by path, glob or `s3://` prefix; it records both in `<output>/<dataset>/<run>/_plan.json`;
+  by path, glob or `s3://` prefix; it records both in `<output>/<dataset>/<run>/_plan.json` and
+  fetches the version's skops file once into `_model/` (its md5 in the plan), so score tasks never
+  ask the registry;
 * **score** reads its partition in bounded Arrow chunks, validates every row with the serving
   schema's rules (a bad row goes to `rejects/` with the same message the online 422 gives, the
   rest is scored), and writes `scores/part-N.parquet` whole (temp then rename/copy): a retry never
