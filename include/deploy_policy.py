@@ -118,5 +118,8 @@ def load_policy(dataset: str, overrides: dict | None = None, policies_dir: Path 
     try:
         return DeployPolicy.model_validate(_merge(_merge(raw, installation), overrides or {}))
     except ValidationError as err:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
-        raise ValueError(f"{source}: {problems}") from None
+        from include.policy_errors import describe
+
+        sections = {"": DeployPolicy.model_fields, "canary": Canary.model_fields, "analysis": Analysis.model_fields,
+                    "rollback_window": RollbackWindow.model_fields}
+        raise ValueError(describe(err, source, known=sections)) from None

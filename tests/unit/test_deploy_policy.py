@@ -18,15 +18,16 @@ def test_file_then_installation_then_run_override(tmp_path, monkeypatch):
     assert p.analysis.max_score_ks is None  # a retrain is meant to score differently: not judged by default
 
 
-@pytest.mark.parametrize("override, where", [
-    ({"canary": {"wieght": 0.5}}, "canary.wieght"),
-    ({"canary": {"weight": 1.5}}, "canary.weight"),
-    ({"rollback_window": {"seconds": -1}}, "rollback_window.seconds"),
+@pytest.mark.parametrize("override, message", [
+    ({"canary": {"wieght": 0.5}}, "the run's policy Param: unknown key 'canary.wieght' (known: ['max_seconds', "),
+    ({"canary": {"weight": 1.5}}, "canary.weight: Input should be less than 1, got 1.5"),
+    ({"rollback_window": {"seconds": -1}}, "rollback_window.seconds: Input should be greater than or equal to 0, got -1"),
 ])
-def test_a_bad_override_names_the_key(tmp_path, monkeypatch, override, where):
+def test_a_bad_override_names_the_key(tmp_path, monkeypatch, override, message):
     monkeypatch.delenv("MLOPS_DEPLOY_POLICY", raising=False)
-    with pytest.raises(ValueError, match=where.replace(".", r"\.")):
+    with pytest.raises(ValueError) as err:
         load_policy("d", override, policies_dir=tmp_path)
+    assert message in str(err.value)
 
 
 def test_shipped_policies_parse():
