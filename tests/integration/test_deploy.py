@@ -104,8 +104,10 @@ class ValidationContainers:
         except Exception:  # noqa: BLE001 - the stream was closed
             pass
 
-    def of(self, version: str, action: str | None = None) -> list[dict]:
-        return [e for e in self.events if f"-v{version}-" in e["Actor"]["Attributes"].get("name", "")
+    def of(self, request: dict, action: str | None = None) -> list[dict]:
+        """Events of the containers of this deploy run's validation (named after the run, one per
+        try): other stacks on the same engine validate the same model version at the same time."""
+        return [e for e in self.events if e["Actor"]["Attributes"].get("name", "").startswith(request["container"])
                 and action in (None, e["Action"])]
 
     def close(self):
@@ -240,9 +242,9 @@ def test_deploy_switch_under_load_then_broken_version_rolls_back(deploy_env, cap
         assert isinstance(parsed.get_task(f"release.{check}"), DockerOperator)
         assert _ti(dr, check).operator == "InfraValidationOperator"  # the DockerOperator subclass ran it
         # the engine ran one container for it, which exited 0 and was removed
-        seen = {e["Action"]: e["Actor"]["Attributes"] for e in containers.of(v1)}
+        seen = {e["Action"]: e["Actor"]["Attributes"] for e in containers.of(request)}
         assert {"start", "die", "destroy"} <= set(seen), seen
-        assert [e["Actor"]["Attributes"]["exitCode"] for e in containers.of(v1, "die")] == ["0"], seen
+        assert [e["Actor"]["Attributes"]["exitCode"] for e in containers.of(request, "die")] == ["0"], seen
         # the container got the credential (privately): it is nowhere in the rendered fields
         assert "MLFLOW_TRACKING_USERNAME" in verdict["credentials"], verdict
         rendered = _rendered(dr, check)
@@ -286,10 +288,11 @@ def test_deploy_switch_under_load_then_broken_version_rolls_back(deploy_env, cap
     where = "the serving image" if backend == "docker" else "the server's own process"
     cause = f"infra validation of {SESSIONS_MODEL} v{v3} failed in {where} (exit 1): could not load or score the model"
     assert cause in logs, logs[-3000:]
-    verdict = json.loads(Path(_xcom(dr, "prepare_infra_validation")["results"]).read_text())
+    request = _xcom(dr, "prepare_infra_validation")
+    verdict = json.loads(Path(request["results"]).read_text())
     assert not verdict["passed"] and "could not load or score the model" in verdict["error"], verdict
     if backend == "docker":
-        died = containers.of(v3, "die")
+        died = containers.of(request, "die")
         containers.close()
         assert [e["Actor"]["Attributes"]["exitCode"] for e in died] == ["1"], died  # one container, one try
     assert _champion() == v2
