@@ -31,7 +31,14 @@ def free_port() -> int:
 
 
 def serving_env(model: str, version: str, dataset: str, s: Settings) -> dict[str, str]:
+    from include.infra_validation import CREDENTIAL_PREFIXES
+
     return {
+        # serving knobs (batching, prediction-log flushing, limits) and the store credentials (S3,
+        # and MLflow's username/password/token: the server loads its model from an MLflow that may
+        # require them) follow the deployer's env, as infra validation's do; the URIs are settings'
+        **{k: v for k, v in os.environ.items()
+           if k.startswith(("MLOPS_SERVING_", "MLOPS_PREDLOG_", *CREDENTIAL_PREFIXES)) and k != "MLOPS_SERVING_PORT"},
         "MLFLOW_TRACKING_URI": s.mlflow_tracking_uri,
         "MLFLOW_REGISTRY_URI": s.mlflow_registry_uri,
         "MLOPS_MODEL_NAME": model,
@@ -40,9 +47,6 @@ def serving_env(model: str, version: str, dataset: str, s: Settings) -> dict[str
         "MLOPS_PREDICTIONS_DIR": str(s.predictions_dir),
         "MLOPS_STATE_DIR": str(s.state_dir),
         "MLOPS_ADMIN_TOKEN": admin_token(s),
-        # serving knobs (batching, prediction-log flushing, limits) and S3 access follow the deployer's env
-        **{k: v for k, v in os.environ.items()
-           if k.startswith(("MLOPS_SERVING_", "MLOPS_PREDLOG_", "AWS_", "MLFLOW_S3_")) and k != "MLOPS_SERVING_PORT"},
     }
 
 

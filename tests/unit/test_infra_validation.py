@@ -36,6 +36,27 @@ def test_credentials_go_only_to_the_private_environment(monkeypatch, tmp_path):
     assert not [v for v in ("pw-in-uri", "AKIAUNIT", "s3cret", "tok-unit-h12") if v in shown], public
 
 
+def test_model_servers_get_the_same_store_credentials_as_validation(monkeypatch, tmp_path):
+    """A model server loads its version from MLflow (and S3) at start and on reload: an MLflow that
+    requires a token or a password must get them, as the validation run does."""
+    from include.deployment import serving_env, validation_env
+
+    for k, v in {"MLFLOW_TRACKING_USERNAME": "svc", "MLFLOW_TRACKING_PASSWORD": "pw-unit",
+                 "MLFLOW_TRACKING_TOKEN": "tok-unit", "AWS_ACCESS_KEY_ID": "AKIAUNIT",
+                 "MLFLOW_S3_ENDPOINT_URL": "http://s3:9000", "MLFLOW_TRACKING_URI": "http://elsewhere:5000",
+                 "MLOPS_SERVING_PORT": "9999"}.items():
+        monkeypatch.setenv(k, v)
+    s = settings()
+    env = serving_env("m", "3", "d", s)
+    _, private = validation_env(s)
+    credentials = {k for k in private if k.startswith(("AWS_", "MLFLOW_S3_", "MLFLOW_TRACKING_"))
+                   and k not in ("MLFLOW_TRACKING_URI",)}
+    assert credentials and credentials <= set(env), sorted(credentials - set(env))
+    assert env["MLFLOW_TRACKING_PASSWORD"] == "pw-unit"
+    # the URIs are the deployer's settings, and the server's own port is chosen per server
+    assert env["MLFLOW_TRACKING_URI"] == s.mlflow_tracking_uri and "MLOPS_SERVING_PORT" not in env
+
+
 def test_a_model_that_cannot_load_exits_1_with_the_cause_in_the_results(state, tmp_path):
     """The process's own verdict: a version the registry does not have is a broken artifact."""
     import pandas as pd
