@@ -15,17 +15,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 
 class LineageError(LookupError):
     pass
 
 
-def _audit_entries(path: Path, model: str, version: str) -> list[dict]:
-    from include.jsonsafe import read_jsonl
-
-    return [e for e in read_jsonl(path) if str(e.get("version")) == version and e.get("model", model) == model]
+def _audit_entries(records: list[dict], model: str, version: str) -> list[dict]:
+    return [e for e in records if str(e.get("version")) == version and e.get("model", model) == model]
 
 
 def model_lineage(model: str, version: str | int) -> dict:
@@ -33,6 +30,7 @@ def model_lineage(model: str, version: str | int) -> dict:
     from mlflow.exceptions import MlflowException
 
     from include.config import settings
+    from include.recordlog import deploy_audit_log
     from include.tracking import client, configure_mlflow, is_not_found
     from include.versioning import DataRepo, DataRepoError
 
@@ -74,7 +72,7 @@ def model_lineage(model: str, version: str | int) -> dict:
         "trigger": {k[len("trigger_"):]: v for k, v in tags.items() if k.startswith("trigger_")},
         "gate": {"decision": tags.get("gate_decision"), "reasons": tags.get("gate_reasons"),
                  "report": tags.get("gate_report")},
-        "deployments": _audit_entries(s.reports_dir / "deployments.jsonl", model, version),
+        "deployments": _audit_entries(deploy_audit_log(s=s).read(), model, version),
     }
 
 

@@ -78,24 +78,29 @@ def keyed_by(*fields: str) -> Callable[[dict], tuple | None]:
     return key
 
 
-def _reports_log(relative: str, key: Callable[[dict], Any] | None, path: str | Path | None) -> RecordLog:
+def _reports_log(relative: str, key: Callable[[dict], Any] | None, path: str | Path | None, s: Any) -> RecordLog:
     if path is None:
-        from include.config import settings
+        if s is None:
+            from include.config import settings
 
-        path = settings().reports_dir / relative
+            s = settings()
+        path = s.reports_dir / relative
     return RecordLog(path, key)
 
 
-def gate_audit_log(path: str | Path | None = None) -> RecordLog:
+# The three logs' places, for their writers and their readers (the UI, lineage, the CLI). ``path``
+# overrides the place (tests); ``s``: the Settings to take ``reports_dir`` from (default: current).
+
+def gate_audit_log(path: str | Path | None = None, *, s: Any = None) -> RecordLog:
     """``<reports_dir>/audit.jsonl``: one line per gate decision (``decision_id``)."""
-    return _reports_log("audit.jsonl", keyed_by("decision_id"), path)
+    return _reports_log("audit.jsonl", keyed_by("decision_id"), path, s)
 
 
-def deploy_audit_log(path: str | Path | None = None) -> RecordLog:
+def deploy_audit_log(path: str | Path | None = None, *, s: Any = None) -> RecordLog:
     """``<reports_dir>/deployments.jsonl``: deploys, canary verdicts, rollbacks (every event kept)."""
-    return _reports_log("deployments.jsonl", None, path)
+    return _reports_log("deployments.jsonl", None, path, s)
 
 
-def drift_trigger_log(path: str | Path | None = None) -> RecordLog:
+def drift_trigger_log(path: str | Path | None = None, *, s: Any = None) -> RecordLog:
     """``<reports_dir>/drift/triggers.jsonl``: one drift decision per (run key, model)."""
-    return _reports_log("drift/triggers.jsonl", keyed_by("run_key", "model_name"), path)
+    return _reports_log("drift/triggers.jsonl", keyed_by("run_key", "model_name"), path, s)

@@ -11,7 +11,7 @@ from include.recordlog import deploy_audit_log
 
 def audit(event: dict, s: Settings | None = None) -> None:
     s = s or settings()
-    deploy_audit_log(s.reports_dir / "deployments.jsonl").append(
+    deploy_audit_log(s=s).append(
         {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **event})
     from include.metrics_push import deploy_event
 
@@ -19,5 +19,5 @@ def audit(event: dict, s: Settings | None = None) -> None:
 
 
 def read_audit(s: Settings, model: str | None = None) -> list[dict]:
-    log = deploy_audit_log(s.reports_dir / "deployments.jsonl")
+    log = deploy_audit_log(s=s)
     return [r for r in log.read() if model is None or r.get("model") == model]

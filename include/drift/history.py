@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from include.config import settings
 from include.drift.decision import Decision
 from include.recordlog import RecordLog, drift_trigger_log
 
@@ -13,7 +12,7 @@ log = logging.getLogger(__name__)
 
 
 def triggers_path() -> Path:
-    return settings().reports_dir / "drift" / "triggers.jsonl"
+    return drift_trigger_log().path
 
 
 def trigger_log(path: Path | None = None) -> RecordLog:

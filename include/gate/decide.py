@@ -250,7 +250,6 @@ def decision_record(comp: Comparison, scores: Scores, checks: list[dict], decisi
 def record(c, comp: Comparison, rec: dict, *, override: dict | None) -> None:
     """Apply and record the decision. Order matters for retries: artifacts, audit line
     (deduplicated), alias, then the tags that mark the decision as recorded."""
-    from include.config import settings
     from include.metrics_push import gate_outcome
     from include.model_card import log_model_card  # the version's model card (md + html) on its run
     from include.tracking import with_retry
@@ -263,7 +262,7 @@ def record(c, comp: Comparison, rec: dict, *, override: dict | None) -> None:
         with_retry(c.log_artifact, mv.run_id, str(d / "decision.json"), "gate")
         with_retry(c.log_artifact, mv.run_id, str(d / "decision.md"), "gate")
     log_model_card(rec, c)
-    append_audit(rec, settings().reports_dir / "audit.jsonl")
+    append_audit(rec)
     gate_outcome(rec)
     if decision == "passed":
         with_retry(c.set_registered_model_alias, model_name, CHALLENGER, version)

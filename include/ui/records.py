@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 
-from include.jsonsafe import read_jsonl
+from include.recordlog import deploy_audit_log, drift_trigger_log, gate_audit_log
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +133,7 @@ def versions(model: str, limit: int = 20) -> dict:
     if model not in {m for m in datasets().values()}:
         raise KeyError(model)
     decisions: dict[str, dict] = {}
-    for rec in read_jsonl(_settings().reports_dir / "audit.jsonl"):
+    for rec in gate_audit_log(s=_settings()).read():
         if rec.get("model") == model:
             decisions[str(rec.get("version"))] = rec  # the newest decision of a version wins
     base = {"model": model, "mlflow_ui": mlflow_ui_url()}
@@ -211,7 +211,7 @@ def overview() -> dict:
         edge = {"available": True, **call("serving edge state", _edge_status)}
     except Unavailable as err:
         edge = unavailable(err)
-    drift = read_jsonl(_settings().reports_dir / "drift" / "triggers.jsonl")
+    drift = drift_trigger_log(s=_settings()).read()
     rows = []
     for dataset, model in sorted(names.items()):
         try:
@@ -288,7 +288,7 @@ def timeline(dataset: str | None = None, limit: int = TIMELINE_LIMIT) -> dict:
                                   f"{'passed' if v.get('success') else 'FAILED'} ({v.get('validation_id')})",
                        "detail": {"validation_id": v.get("validation_id")}})
     events += _quarantines()
-    for rec in read_jsonl(s.reports_dir / "audit.jsonl"):
+    for rec in gate_audit_log(s=s).read():
         ch = rec.get("challenger") or {}
         by = (rec.get("override") or {}).get("by") or (rec.get("trigger") or {}).get("user")
         events.append({"at": rec.get("decided_at"), "kind": "trained", "dataset": rec.get("dataset"),
@@ -302,7 +302,7 @@ def timeline(dataset: str | None = None, limit: int = TIMELINE_LIMIT) -> dict:
                                   + (f" (override by {by})" if rec.get("override") else "")
                                   + (f"; {'; '.join(rec.get('reasons') or [])}"[:400]),
                        "detail": {"version": rec.get("version"), "decision": rec.get("decision"), "by": by}})
-    for rec in read_jsonl(s.reports_dir / "deployments.jsonl"):
+    for rec in deploy_audit_log(s=s).read():
         trig = rec.get("trigger") or {}
         kind = {"deployed": "deploy", "rolled_back": "rollback"}.get(rec.get("event"), rec.get("event") or "deploy")
         if kind == "rollback" and rec.get("from"):  # a rollback_to deploy: `version` is where it went back to
@@ -321,7 +321,7 @@ def timeline(dataset: str | None = None, limit: int = TIMELINE_LIMIT) -> dict:
             what += f" by {user}"
         events.append({"at": rec.get("time"), "kind": kind, "dataset": rec.get("dataset") or model_ds.get(rec.get("model")),
                        "summary": what, "detail": {"version": rec.get("version"), "trigger": trig, "by": user}})
-    for e in read_jsonl(s.reports_dir / "drift" / "triggers.jsonl"):
+    for e in drift_trigger_log(s=s).read():
         summ = e.get("summary") or {}
         events.append({"at": e.get("at"), "kind": "drift_check", "dataset": e.get("dataset"),
                        "summary": f"drift check of {e.get('model_name')} v{e.get('model_version')}: {e.get('code')} "
@@ -349,7 +349,7 @@ def drift_history(dataset: str | None = None) -> dict:
     """Every recorded drift check (newest first) with the path of its Evidently report."""
     root = drift_dir().resolve()
     out = []
-    for e in reversed(read_jsonl(drift_dir() / "triggers.jsonl")):
+    for e in reversed(drift_trigger_log(drift_dir() / "triggers.jsonl").read()):
         if dataset and e.get("dataset") != dataset:
             continue
         summ = e.get("summary") or {}
