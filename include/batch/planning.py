@@ -20,7 +20,7 @@ def resolve_version(model: str, wanted: str | None) -> tuple[str, str]:
     """(version number, how it was chosen) for a number, an alias, or None (= ``champion``)."""
     from mlflow.exceptions import MlflowException
 
-    from include.tracking import alias_version, client, configure_mlflow, with_retry
+    from include.tracking import alias_version, client, configure_mlflow, is_not_found, with_retry
 
     configure_mlflow()
     wanted = (wanted or "champion").strip()
@@ -28,7 +28,7 @@ def resolve_version(model: str, wanted: str | None) -> tuple[str, str]:
         try:
             with_retry(client().get_model_version, model, wanted)
         except MlflowException as err:
-            if err.error_code != "RESOURCE_DOES_NOT_EXIST":
+            if not is_not_found(err):
                 raise
             raise BatchInputError(f"{model} has no version {wanted}") from err
         return wanted, "version"

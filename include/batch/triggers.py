@@ -32,6 +32,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError, field_validator
 
 from include.assets import DATASET, DEPLOYMENT, asset_extras, newest_per
+from include.policy_errors import describe
 
 log = logging.getLogger(__name__)
 
@@ -76,11 +77,7 @@ class BatchPolicy(BaseModel):
         try:
             return cls.model_validate({**raw, "path": where})
         except ValidationError as err:
-            problems = "; ".join(
-                f"unknown key {e['loc'][0]!r} (known: {known})" if e["type"] == "extra_forbidden"
-                else f"{'.'.join(map(str, e['loc']))}: {e['msg']}, got {e['input']!r}"
-                for e in err.errors())
-            raise ValueError(f"{where}: {problems}") from None
+            raise ValueError(describe(err, where, known=known)) from None
 
 
 def policy_path(dataset: str, policies_dir: Path | None = None) -> Path:

@@ -86,3 +86,17 @@ def test_manual_runs_are_their_params_and_bad_policies_fail_clearly(policies):
             triggers.load_policy("sessions")
     (policies / "batch_sessions.yaml").write_text("model_version: 3\nsource:\n")  # YAML's 3 is the version "3"
     assert (triggers.load_policy("sessions").model_version, triggers.load_policy("sessions").source) == ("3", "latest")
+
+
+@pytest.mark.parametrize(("text", "says"), [
+    ("on_promoton: true\n", "unknown key 'on_promoton' (known: ['chunk_rows', 'model_version', 'on_new_data',"),
+    ("chunk_rows: lots\n", "chunk_rows: Input should be a valid integer, got 'lots'"),
+    ("- on_new_data\n", "a batch policy must be a mapping"),
+])
+def test_a_bad_batch_policy_names_the_file_and_the_key(tmp_path, text, says):
+    from include.batch.triggers import load_policy
+
+    (tmp_path / "batch_sessions.yaml").write_text(text)
+    with pytest.raises(ValueError, match="batch_sessions.yaml") as err:
+        load_policy("sessions", tmp_path)
+    assert says in str(err.value), err.value
