@@ -53,7 +53,6 @@ EMBEDDED_ONLY = {
     "MLOPS_REPORTS_DIR": "derived from MLOPS_STATE_DIR, the shared state directory",
     "MLOPS_PREDICTIONS_DIR": "derived from MLOPS_STATE_DIR, the shared state directory",
     "MLOPS_SPECS_DIR": "the dataset specs ship in the image (include/specs)",
-    "MLOPS_POLICIES_DIR": "the gate and drift policies ship in the image (include/policies)",
     "MLOPS_MAX_BATCH_BYTES": "a limit, not an endpoint: the default holds in both modes",
     "MLOPS_MAX_BATCH_ROWS": "a limit, not an endpoint: the default holds in both modes",
     "MLOPS_LOCK_TIMEOUT_S": "a limit, not an endpoint: the default holds in both modes",
