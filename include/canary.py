@@ -5,7 +5,7 @@ Both read only what the servers already publish: each model server's Prometheus 
 prediction log (the scores each version served). Deltas between two scrapes give the window's
 figures, so a server's earlier traffic never counts.
 
-* ``analyze``: while the edge splits traffic (include/edge.py ``start_canary``), wait until the
+* ``analyze``: while the edge splits traffic (include/edge/ ``start_canary``), wait until the
   canary has answered the policy's ``min_requests`` (and ``min_seconds`` passed), or
   ``max_seconds``; then compare canary vs champion: 5xx rate, p99 latency, and the distribution of
   served scores (two-sample Kolmogorov-Smirnov statistic). A canary that errors past the limit, or

@@ -9,7 +9,7 @@ Steps (one DAG task each, so the UI shows where a deploy stopped):
                       golden holdout rows; the scores must equal the offline scores training
                       logged for the same rows (:func:`prepare_infra_validation`);
 3. ``switch``         start the new server next to the old one, wait until it is ready, flip the
-                      model's route on the edge to it (zero failed requests, see include/edge.py),
+                      model's route on the edge to it (zero failed requests, see include/edge/),
                       then watch its health for a while;
 4. ``promote``        only then move the alias ``champion``, tag the version, append to the audit
                       log; the old champion stays warm as the edge's fallback;

@@ -1,4 +1,4 @@
-"""The deploy steps' view of the serving edge (Caddy, include/edge.py): routes, switches, and the
+"""The deploy steps' view of the serving edge (Caddy, include/edge/): routes, switches, and the
 readiness of a server before it gets traffic. Edge errors become :class:`DeployError`, so a
 failed switch fails the deploy step that asked for it.
 """

@@ -432,7 +432,7 @@ def test_edge_is_caddy_loaded_with_the_bootstrap_config_the_code_generates(servi
     mounts = dict((target, source) for source, target in volume_mounts(edge))
     bootstrap = json.loads((ROOT / mounts[command[command.index("--config") + 1]]).read_text())
     worker = environment(resolved["airflow-worker"])
-    # the file is what include/edge.py would load with no model: regenerate it after changing either
+    # the file is what include/edge/ would load with no model: regenerate it after changing either
     assert bootstrap == caddy_config({"models": {}}, listen=f"{worker['MLOPS_EDGE_HOST'].replace('0.0.0.0', '')}:"
                                      f"{worker['MLOPS_SERVING_PORT']}", admin=Path(worker["MLOPS_EDGE_ADMIN"]),
                                      admin_mode=worker["MLOPS_EDGE_ADMIN_MODE"],
