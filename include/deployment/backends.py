@@ -195,19 +195,6 @@ def container_mounts(s: Settings) -> list[str]:
     return sorted({str(p) for p in paths})
 
 
-def validation_env(s: Settings) -> tuple[dict[str, str], dict[str, str]]:
-    """(public, private) environment of an infra validation run. Private holds everything that
-    may carry a credential (store URIs can embed a password, S3 keys, MLflow tokens): the Docker
-    task passes it as ``private_environment``, which Airflow neither renders nor shows."""
-    from include.infra_validation import CREDENTIAL_PREFIXES
-
-    public = {"MLOPS_STATE_DIR": str(s.state_dir), "MLOPS_MLFLOW_ARTIFACT_ROOT": s.mlflow_artifact_root,
-              "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
-    private = {"MLFLOW_TRACKING_URI": s.mlflow_tracking_uri, "MLFLOW_REGISTRY_URI": s.mlflow_registry_uri,
-               **{k: v for k, v in os.environ.items() if k.startswith(CREDENTIAL_PREFIXES) and k != "MLFLOW_TRACKING_URI"}}
-    return public, private
-
-
 def docker_available(s: Settings | None = None) -> bool:
     s = s or settings()
     try:
