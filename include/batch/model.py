@@ -20,7 +20,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import tempfile
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -95,20 +94,9 @@ def _load(output: str, model_file: str | None, md5: str | None, name: str, versi
         if built is not None:
             fast, classes = built
             return Loaded(fast, None, classes if task == "classification" else None)
-    return _from_pipeline(_skops_loads(data, f"models:/{name}/{version}"), spec, fast_on)
+    from include.training.model_io import load_trusted_skops
 
-
-def _skops_loads(data: bytes, uri: str):
-    import skops.io
-
-    from include.training.model_io import SKOPS_TRUSTED_TYPES, hush_skops_module_scan
-
-    with warnings.catch_warnings():
-        hush_skops_module_scan()
-        untrusted = sorted(set(skops.io.get_untrusted_types(data=data)) - set(SKOPS_TRUSTED_TYPES))
-        if untrusted:
-            raise ValueError(f"{uri} contains types outside SKOPS_TRUSTED_TYPES: {untrusted}; refusing to load")
-        return skops.io.loads(data, trusted=SKOPS_TRUSTED_TYPES)
+    return _from_pipeline(load_trusted_skops(data, f"models:/{name}/{version}"), spec, fast_on)
 
 
 def _from_pipeline(pipeline, spec, fast_on: bool) -> Loaded:

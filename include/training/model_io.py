@@ -62,7 +62,6 @@ def load_model(name: str, version: str | int) -> Pipeline:
     anything else is refused. Only skops-format models are loaded.
     """
     import mlflow
-    import skops.io
     from mlflow.models import Model
 
     from include.tracking import configure_mlflow, with_retry
@@ -76,13 +75,20 @@ def load_model(name: str, version: str | int) -> Pipeline:
             raise ValueError(f"{uri} has no sklearn flavor")
         if conf.get("serialization_format") != "skops":
             raise ValueError(f"{uri} is saved as {conf.get('serialization_format')!r}; only skops models are loaded")
-        path = local / conf["pickled_model"]
-        with warnings.catch_warnings():
-            hush_skops_module_scan()
-            untrusted = sorted(set(skops.io.get_untrusted_types(file=path)) - set(SKOPS_TRUSTED_TYPES))
-            if untrusted:
-                raise ValueError(f"{uri} contains types outside SKOPS_TRUSTED_TYPES: {untrusted}; refusing to load")
-            return skops.io.load(path, trusted=SKOPS_TRUSTED_TYPES)
+        return load_trusted_skops((local / conf["pickled_model"]).read_bytes(), uri)
+
+
+def load_trusted_skops(data: bytes, uri: str):
+    """The object in a skops file's bytes, if every type in it is in :data:`SKOPS_TRUSTED_TYPES`;
+    a ``ValueError`` naming the others (and ``uri``, where the bytes came from) otherwise."""
+    import skops.io
+
+    with warnings.catch_warnings():
+        hush_skops_module_scan()
+        untrusted = sorted(set(skops.io.get_untrusted_types(data=data)) - set(SKOPS_TRUSTED_TYPES))
+        if untrusted:
+            raise ValueError(f"{uri} contains types outside SKOPS_TRUSTED_TYPES: {untrusted}; refusing to load")
+        return skops.io.loads(data, trusted=SKOPS_TRUSTED_TYPES)
 
 
 def hush_skops_module_scan() -> None:
