@@ -131,6 +131,15 @@ def cpu_seconds(pid: int | None) -> float:
     return own + sum(cpu_seconds(c) for c in children)
 
 
+def batch_totals(port: int) -> tuple[float, float]:
+    """(model calls, requests in them) so far, from our server's micro-batch histogram."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    values = dict(line.rsplit(" ", 1) for line in text.splitlines()
+                  if line.startswith(("mlops_serving_batch_requests_count", "mlops_serving_batch_requests_sum")))
+    return (float(values.get("mlops_serving_batch_requests_count", 0)),
+            float(values.get("mlops_serving_batch_requests_sum", 0)))
+
+
 # ---------------------------------------------------------------------------------------- servers
 
 
@@ -299,17 +308,23 @@ def main() -> None:
         # where the CPU goes per request (the server, Caddy, this load generator): on a machine whose
         # cores all three share, the edge's own CPU per request is what it costs in throughput
         cpu = {label: {"server": 0.0, "edge": 0.0, "client": 0.0} for label in labels}
+        batches = {label: [0.0, 0.0] for label in labels}  # our server's model calls, requests in them
         for _ in range(args.rounds):
             for label in labels:
                 # the other servers fork workers of their own: only ours is one process
                 server_pid = procs["ours"].pid if label.startswith("ours") else None
                 edge_pid = caddy_pid if label == "ours-edge" else None
                 before = (cpu_seconds(server_pid), cpu_seconds(edge_pid), time.process_time())
+                calls_before = batch_totals(ports["ours"]) if label.startswith("ours") else (0.0, 0.0)
                 r = load(ports[label], servers[label][2], servers[label][3], seconds=args.seconds / args.rounds,
                          concurrency=args.concurrency, warmup=0)
                 after = (cpu_seconds(server_pid), cpu_seconds(edge_pid), time.process_time())
                 for part, b, a in zip(("server", "edge", "client"), before, after, strict=True):
                     cpu[label][part] += a - b
+                if label.startswith("ours"):
+                    calls_after = batch_totals(ports["ours"])
+                    batches[label][0] += calls_after[0] - calls_before[0]
+                    batches[label][1] += calls_after[1] - calls_before[1]
                 lat[label] += r.pop("latencies")
                 errs[label] += r["errors"]
                 wall[label] += r["wall"]
@@ -334,7 +349,8 @@ def main() -> None:
         if label.startswith("ours"):
             print(f"{'':>8}  CPU per request: server {per_request['server']:.0f} us"
                   + (f", Caddy {per_request['edge']:.0f} us" if label == "ours-edge" else "")
-                  + f", load generator {per_request['client']:.0f} us")
+                  + f", load generator {per_request['client']:.0f} us"
+                  + f"; {batches[label][1] / max(1.0, batches[label][0]):.2f} requests per model call")
     for mine, other, goal in (("ours", "mlflow", "goal >= 5x, p99 <= 0.3x"),
                               ("ours-edge", "mlflow", "goal >= 12x, p99 <= 0.15x"),
                               ("ours-edge", "ours", "edge overhead, goal: throughput >= 0.9x"),
