@@ -373,7 +373,9 @@ def _summary(s) -> None:
     print(f"champion: v{_alias(s, 'champion')}, serving at {s.gateway_url}/models/{_model()}/predict "
           f"(request schema: {s.gateway_url}/models/{_model()}/schema; stop the servers with `make stop`)")
     print(f"MLflow UI: .venv/bin/mlflow ui --backend-store-uri {s.mlflow_tracking_uri}")
-    print(f"audit logs: {s.reports_dir / 'audit.jsonl'} (gate), {s.reports_dir / 'deployments.jsonl'} (deploy)")
+    from include.recordlog import deploy_audit_log, gate_audit_log
+
+    print(f"audit logs: {gate_audit_log(s=s).path} (gate), {deploy_audit_log(s=s).path} (deploy)")
 
 
 if __name__ == "__main__":

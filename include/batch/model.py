@@ -40,21 +40,15 @@ class Loaded:
 
 def fetch(name: str, version: str, fs, base: str) -> dict:
     """Download the version's skops file into the run's output; its plan entries."""
-    from mlflow.models import Model
-
     from include.tracking import download_artifact
+    from include.training.model_io import skops_file
 
     uri = f"models:/{name}/{version}"
     with tempfile.TemporaryDirectory(prefix="batch-model-") as tmp:
         local, err = download_artifact(uri, tmp)
         if local is None:
             raise RuntimeError(f"{uri} could not be downloaded: {err}")
-        conf = Model.load(str(Path(local) / "MLmodel")).flavors.get("sklearn")
-        if conf is None:
-            raise ValueError(f"{uri} has no sklearn flavor")
-        if conf.get("serialization_format") != "skops":
-            raise ValueError(f"{uri} is saved as {conf.get('serialization_format')!r}; only skops models are loaded")
-        data = (Path(local) / conf["pickled_model"]).read_bytes()
+        data = skops_file(Path(local), uri).read_bytes()
     path = sources.join(base, MODEL_FILE)
     fs.create_dir(path.rpartition("/")[0], recursive=True)
     tmp_path = sources.temp_name(path)

@@ -18,7 +18,7 @@ def triggers_path() -> Path:
 def trigger_log(path: Path | None = None) -> RecordLog:
     """The trigger log as a :class:`~include.recordlog.RecordLog` (one entry per run key and model);
     hold its ``lock`` around read -> decide -> append so two checks cannot both retrain."""
-    return drift_trigger_log(path or triggers_path())
+    return drift_trigger_log(path)
 
 
 def load_trigger_history(*, model_name: str | None = None, path: Path | None = None) -> list[dict]:

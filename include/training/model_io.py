@@ -62,7 +62,6 @@ def load_model(name: str, version: str | int) -> Pipeline:
     anything else is refused. Only skops-format models are loaded.
     """
     import mlflow
-    from mlflow.models import Model
 
     from include.tracking import configure_mlflow, with_retry
 
@@ -70,12 +69,20 @@ def load_model(name: str, version: str | int) -> Pipeline:
     uri = f"models:/{name}/{version}"
     with tempfile.TemporaryDirectory(prefix="model-") as tmp:
         local = Path(with_retry(mlflow.artifacts.download_artifacts, artifact_uri=uri, dst_path=tmp))
-        conf = Model.load(str(local / "MLmodel")).flavors.get("sklearn")
-        if conf is None:
-            raise ValueError(f"{uri} has no sklearn flavor")
-        if conf.get("serialization_format") != "skops":
-            raise ValueError(f"{uri} is saved as {conf.get('serialization_format')!r}; only skops models are loaded")
-        return load_trusted_skops((local / conf["pickled_model"]).read_bytes(), uri)
+        return load_trusted_skops(skops_file(local, uri).read_bytes(), uri)
+
+
+def skops_file(local: Path, uri: str) -> Path:
+    """The skops file of a downloaded sklearn model (``local`` holds its MLmodel); a ``ValueError``
+    when the model is not a skops-format sklearn model (pickles are never loaded)."""
+    from mlflow.models import Model
+
+    conf = Model.load(str(local / "MLmodel")).flavors.get("sklearn")
+    if conf is None:
+        raise ValueError(f"{uri} has no sklearn flavor")
+    if conf.get("serialization_format") != "skops":
+        raise ValueError(f"{uri} is saved as {conf.get('serialization_format')!r}; only skops models are loaded")
+    return local / conf["pickled_model"]
 
 
 def load_trusted_skops(data: bytes, uri: str):

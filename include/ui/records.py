@@ -349,7 +349,7 @@ def drift_history(dataset: str | None = None) -> dict:
     """Every recorded drift check (newest first) with the path of its Evidently report."""
     root = drift_dir().resolve()
     out = []
-    for e in reversed(drift_trigger_log(drift_dir() / "triggers.jsonl").read()):
+    for e in reversed(drift_trigger_log(s=_settings()).read()):
         if dataset and e.get("dataset") != dataset:
             continue
         summ = e.get("summary") or {}
