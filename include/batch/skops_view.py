@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from include.batch.fastpath import FastScorer, _compile_tree
+from include.batch.fastpath import FastScorer
 
 _PIPELINE = "sklearn.pipeline.Pipeline"
 _COLUMNS = "sklearn.compose._column_transformer.ColumnTransformer"
@@ -160,7 +160,7 @@ def _build(root: Any, spec) -> tuple[FastScorer, list]:
         nodes = tree.get("nodes")
         if nodes["is_categorical"].any() or int(nodes["is_leaf"].sum()) > 64:
             raise _Unsupported("categorical splits or more than 64 leaves")
-        trees.append(_compile_tree(nodes))
+        trees.append(nodes)
     baseline = np.asarray(est.get("_baseline_prediction"))
     return FastScorer(blocks, trees, width, baseline, _finish(est.get("_loss"), spec.task)), classes
 

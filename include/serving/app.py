@@ -75,6 +75,7 @@ def create_app(
     log_flush_rows: int = 1000,
     log_flush_seconds: float = 5.0,
     model_threads: int = 1,
+    fast_path: bool = True,
     model_loader: Callable[[str, str], Any] | None = None,
     scorer: Callable[[Any, pd.DataFrame, DatasetSpec], np.ndarray] | None = None,
 ) -> FastAPI:
@@ -83,7 +84,9 @@ def create_app(
     ``spec``: a DatasetSpec or a dataset name (loaded from the configured specs dir).
     ``admin_token``: enables ``POST /admin/reload`` (disabled when None/empty).
     ``model_loader(name, version)`` / ``scorer(model, df, spec)`` default to
-    :func:`include.training.model_io.load_model` / :func:`include.training.metrics.predict_scores`.
+    :func:`include.training.model_io.load_model` / :func:`include.training.metrics.predict_scores`;
+    with the default scorer, ``fast_path`` scores with :mod:`include.serving.fastscore` when it
+    gives the same scores.
     The model is loaded in the background at startup; ``/ready`` says when it is serving.
     """
     version = str(version).strip()
@@ -96,7 +99,7 @@ def create_app(
         admin_token=admin_token or None, max_rows=int(max_rows), max_body_bytes=int(max_body_bytes),
         batch_rows=max(1, int(batch_rows)), batch_wait_ms=float(batch_wait_ms),
         log_flush_rows=int(log_flush_rows), log_flush_seconds=float(log_flush_seconds),
-        model_threads=max(1, int(model_threads)),
+        model_threads=max(1, int(model_threads)), fast_path=bool(fast_path),
     )
     server = ModelServer(cfg, model_loader=model_loader, scorer=scorer)
 
@@ -134,7 +137,8 @@ def create_app_from_env() -> FastAPI:
     of the two is required, each names the other), MLOPS_MODEL_VERSION (required, a number), MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI,
     MLOPS_PREDICTIONS_DIR, MLOPS_ADMIN_TOKEN, MLOPS_SERVING_MAX_ROWS (1000),
     MLOPS_SERVING_MAX_BODY_BYTES (8 MiB), MLOPS_SERVING_BATCH_ROWS (64), MLOPS_SERVING_BATCH_WAIT_MS (2),
-    MLOPS_PREDLOG_FLUSH_ROWS (1000), MLOPS_PREDLOG_FLUSH_SECONDS (5), MLOPS_SERVING_MODEL_THREADS (1).
+    MLOPS_PREDLOG_FLUSH_ROWS (1000), MLOPS_PREDLOG_FLUSH_SECONDS (5), MLOPS_SERVING_MODEL_THREADS (1),
+    MLOPS_SERVING_FASTPATH (1; 0 scores with the model's own predict, see include.serving.fastscore).
     """
     from include.config import env_number, settings
 
@@ -163,6 +167,7 @@ def create_app_from_env() -> FastAPI:
         log_flush_rows=env_number("MLOPS_PREDLOG_FLUSH_ROWS", 1000),
         log_flush_seconds=env_number("MLOPS_PREDLOG_FLUSH_SECONDS", 5.0, float),
         model_threads=env_number("MLOPS_SERVING_MODEL_THREADS", 1),
+        fast_path=bool(env_number("MLOPS_SERVING_FASTPATH", 1)),
     )
 
 

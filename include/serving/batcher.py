@@ -66,6 +66,7 @@ class ModelState:
     golden_scores: tuple[float, ...]
     loaded_at: str
     load_seconds: float
+    fast: Any = None  # the vectorised scorer (include.serving.fastscore), when it scores as the model does
 
 
 @dataclass
@@ -89,6 +90,7 @@ class ServingConfig:
     log_flush_rows: int = 1000
     log_flush_seconds: float = 5.0
     model_threads: int = 1
+    fast_path: bool = True
 
 
 class ModelServer:
@@ -103,6 +105,7 @@ class ModelServer:
         self.metrics = ServingMetrics()
         self._loader = model_loader
         self._scorer = scorer
+        self._fast_ok = cfg.fast_path and scorer is None  # a scorer of the caller's is always used
         self.state: ModelState | None = None
         self.status = "starting"  # starting -> loading -> ready | failed; draining at shutdown
         self.error: str | None = None
@@ -154,11 +157,16 @@ class ModelServer:
             raise LoadError(f"models:/{self.cfg.model_name}/{version} gave {scores!r} for the {n} golden rows")
         if self.spec.task == "classification" and not np.all((scores >= 0) & (scores <= 1)):
             raise LoadError(f"models:/{self.cfg.model_name}/{version} gave probabilities outside [0, 1]")
+        fast = None
+        if self._fast_ok:
+            from include.serving.fastscore import fast_scorer
+
+            fast = fast_scorer(model, self.spec, self._frame_columns, self._golden, scores, self._frame)
         return ModelState(
             name=self.cfg.model_name, version=str(version), model=model,
             golden_scores=tuple(float(s) for s in scores),
             loaded_at=datetime.now(UTC).isoformat(timespec="seconds"),
-            load_seconds=round(time.perf_counter() - t0, 3),
+            load_seconds=round(time.perf_counter() - t0, 3), fast=fast,
         )
 
     def _frame(self, columns: dict[str, list]) -> pd.DataFrame:
@@ -176,6 +184,13 @@ class ModelServer:
 
     def _score(self, model: Any, columns: dict[str, list]) -> np.ndarray:
         return np.asarray(self._scorer(model, self._frame(columns), self.spec), dtype=np.float64)
+
+    def _score_with(self, state: ModelState, columns: dict[str, list]) -> np.ndarray:
+        if state.fast is not None:
+            from include.serving.fastscore import fast_scores
+
+            return fast_scores(state.fast, self._frame_columns, columns, self._frame)
+        return self._score(state.model, columns)
 
     async def _initial_load(self) -> None:
         self.status = "loading"
@@ -295,7 +310,7 @@ class ModelServer:
             merged = {c: list(itertools.chain.from_iterable(j.columns[c] for j in jobs)) for c in jobs[0].columns}
         t0 = time.perf_counter()
         try:
-            scores = await loop.run_in_executor(self._executor, self._score, state.model, merged)
+            scores = await loop.run_in_executor(self._executor, self._score_with, state, merged)
         except Exception as err:  # noqa: BLE001 - a scoring failure is answered per request, below
             if len(jobs) > 1:  # one bad request must not fail its neighbours: score them one by one
                 for j in jobs:

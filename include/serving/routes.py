@@ -121,6 +121,8 @@ async def info(request: Request):
         "features": [c.name for c in spec.feature_columns], "key": spec.key,
         "golden_scores": list(st.golden_scores) if st else None,
         "loaded_at": st.loaded_at if st else None, "load_seconds": st.load_seconds if st else None,
+        # which code scores: the vectorised fast path (same scores, checked at load) or the model's predict
+        "scorer": None if st is None else "fast_path" if st.fast is not None else "model_predict",
         "limits": {"max_rows": cfg.max_rows, "max_body_bytes": cfg.max_body_bytes,
                    "batch_rows": cfg.batch_rows, "batch_wait_ms": cfg.batch_wait_ms},
         "prediction_log": {"dir": str(server.predlog.dir), "rows_written": server.predlog.rows_written,

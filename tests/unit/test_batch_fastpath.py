@@ -6,6 +6,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from include.batch import fastpath
 from include.batch.fastpath import scorer
 from include.batch.rows import ChunkValidator
 from include.batch.skops_view import scorer_from_skops
@@ -53,6 +54,10 @@ def test_fast_path_equals_the_pipeline_bit_for_bit(dataset, params):
     want = predict_scores(pipe, validator.frame(checked), spec)
     assert np.isnan(rows[model_input_columns(spec)].select_dtypes("number").to_numpy()).any()
     np.testing.assert_array_equal(got, want)
+    # a few rows (the model server's micro-batches) take the all-trees walk: the same scores
+    for n in (1, 7, fastpath.FOREST_MAX_ROWS):
+        few = pa.array(np.flatnonzero(checked.ok)[:n])
+        np.testing.assert_array_equal(fast.scores(fast.matrix(checked.columns, few, None)), want[:n])
 
     # the same scorer read straight from the skops file (what a batch score task does, without sklearn)
     import skops.io
