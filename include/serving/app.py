@@ -124,6 +124,10 @@ def create_app(
     app.include_router(routes.router)
     add_protocol_routes(app, server)
     app.include_router(routes.admin_router)
+    # routes are tried in order: the scoring paths first (a V2 request was matched against 17 routes
+    # before its own, ~15 us of its CPU); their patterns overlap no other route's, so order is free
+    scoring = ("/predict", "/v2/models/{model}/infer", "/invocations")
+    app.router.routes.sort(key=lambda r: scoring.index(r.path) if getattr(r, "path", None) in scoring else len(scoring))
     return app
 
 

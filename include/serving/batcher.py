@@ -371,14 +371,17 @@ class ModelServer:
         Names the version that scored them on the response (``X-Model-Version``); raises
         :class:`RequestProblem` (503 not ready, 500 model failure).
         """
+        return await self.score_columns(request, self.schema.columns_of(rows), len(rows))
+
+    async def score_columns(self, request: Request, columns: dict[str, list], n: int) -> tuple[str, list[float]]:
+        """:meth:`score_rows` for rows already validated as columns (column -> ``n`` values)."""
         if self.state is None:
             raise RequestProblem(503, "not_ready",
                                  f"model not loaded yet ({self.status}{': ' + self.error if self.error else ''})",
                                  headers={"Retry-After": "1"})
-        columns = self.schema.columns_of(rows)
         received = datetime.now(UTC)
         try:
-            version, scores = await self.predict(columns, len(rows))
+            version, scores = await self.predict(columns, n)
         except LoadError as err:
             raise RequestProblem(503, "not_ready", str(err), headers={"Retry-After": "1"}) from err
         except Exception as err:  # the model itself failed on valid input: a server-side error

@@ -1,9 +1,10 @@
 """The standard inference protocols on the model server: Open Inference Protocol (V2) REST and MLflow's scoring server.
 
-Both are translations onto ``/predict``'s own path, not a second one: a request is turned into rows
-of the spec-derived row model (the same validation, limits and messages), scored by
-:meth:`ModelServer.score_rows` (the same micro-batcher, prediction log and lineage headers
-``X-Request-ID`` / ``X-Model-Name`` / ``X-Model-Version``), and answered in the protocol's shape.
+Both are translations onto ``/predict``'s own path, not a second one: a request is validated with
+the spec-derived row model's rules (the same limits and messages; a well-formed V2 request in one
+pass straight to columns, see :mod:`include.serving.v2`), scored by :meth:`ModelServer.score_rows`
+(the same micro-batcher, prediction log and lineage headers ``X-Request-ID`` / ``X-Model-Name`` /
+``X-Model-Version``), and answered in the protocol's shape.
 
 Open Inference Protocol (KServe, Seldon/MLServer and Triton speak it; JSON tensors only, not
 Triton's binary tensor extension):
@@ -27,25 +28,18 @@ answers ``{"predictions": [...]}``; errors are MLflow's ``{"error_code": ..., "m
 
 from __future__ import annotations
 
-import math
 from importlib import metadata
-from typing import Annotated, Any
+from typing import Any
 
 import pydantic_core
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ValidationError
 
 from include.serving.batcher import ModelServer
 from include.serving.schema import RequestProblem, _json, _loc, _validation_problem, read_json_body
-from include.spec import Column
+from include.serving.v2 import OUTPUT, V2_DATATYPE, V2Columns, V2Request, missing_value, v2_rows
 
-OUTPUT = "predictions"
-V2_DATATYPE = {"int": "INT64", "float": "FP64", "category": "BYTES", "string": "BYTES", "datetime": "BYTES"}
-_INTS = {"INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"}
-# a float column takes integer tensors too, as /predict takes JSON integers for it
-_ACCEPTS = {"int": _INTS, "float": _INTS | {"FP16", "FP32", "FP64"}, "category": {"BYTES"},
-            "string": {"BYTES"}, "datetime": {"BYTES"}}
 MLFLOW_FORMATS = ("dataframe_split", "dataframe_records", "instances", "inputs")
 _MLFLOW_CODES = {400: "BAD_REQUEST", 413: "RESOURCE_EXHAUSTED", 415: "BAD_REQUEST", 422: "INVALID_PARAMETER_VALUE",
                  404: "RESOURCE_DOES_NOT_EXIST", 503: "TEMPORARILY_UNAVAILABLE"}
@@ -56,102 +50,6 @@ def protocol_endpoints(model_name: str) -> list[str]:
     m = f"/v2/models/{model_name}"
     return ["/v2", "/v2/health/live", "/v2/health/ready", m, f"{m}/ready", f"{m}/infer", "/invocations",
             "/ping", f"/endpoints/{model_name}/invocations"]
-
-
-# --------------------------------------------------------------------------------- V2 envelope
-
-
-class _V2Input(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    name: str
-    shape: list[Annotated[int, Field(ge=0)]]
-    datatype: str
-    parameters: dict[str, Any] | None = None
-    data: list[Any]
-
-
-class _V2Output(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    name: str
-    parameters: dict[str, Any] | None = None
-
-
-class _V2Request(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    id: str | None = None
-    # not in the protocol's request, but the kserve SDK's REST client sends them (the path names the model)
-    model_name: str | None = None
-    model_version: str | None = None
-    parameters: dict[str, Any] | None = None
-    inputs: Annotated[list[_V2Input], Field(min_length=1)]
-    outputs: list[_V2Output] | None = None
-
-
-def _columns(server: ModelServer) -> dict[str, Column]:
-    """Every column a request may name: the features, the key and the (unscored) timestamp."""
-    spec = server.spec
-    cols = {c.name: c for c in spec.feature_columns}
-    cols[spec.key] = spec.column(spec.key)
-    if spec.timestamp:
-        cols.setdefault(spec.timestamp, spec.column(spec.timestamp))
-    return cols
-
-
-def _missing(value: Any) -> Any:
-    # pandas' missing value: what a DataFrame-encoding client sends for a null float
-    return None if isinstance(value, float) and math.isnan(value) else value
-
-
-def _flat(data: list, name: str) -> list:
-    if any(isinstance(v, list) for v in data):  # row-major nesting of shape [n, 1]
-        if not all(isinstance(v, list) and len(v) == 1 for v in data):
-            raise RequestProblem(400, "bad_request", f"input {name!r}: data must be one value per row")
-        return [v[0] for v in data]
-    return data
-
-
-def v2_rows(server: ModelServer, req: _V2Request) -> list[dict[str, Any]]:
-    """Columnar V2 tensors -> rows of the request schema (names, datatypes and shapes checked here)."""
-    content_type = (req.parameters or {}).get("content_type")
-    if content_type not in (None, "pd"):
-        raise RequestProblem(400, "bad_request", f"parameters.content_type {content_type!r} is not supported: this "
-                                                 "model takes one input per column (content_type 'pd')")
-    columns = _columns(server)
-    values: dict[str, list] = {}
-    n = None
-    for inp in req.inputs:
-        col = columns.get(inp.name)
-        if col is None:
-            raise RequestProblem(422, "validation_error",
-                                 f"input {inp.name!r} is not a column of the dataset spec; inputs: {sorted(columns)}")
-        if inp.name in values:
-            raise RequestProblem(400, "bad_request", f"input {inp.name!r} is given twice")
-        if inp.datatype not in _ACCEPTS[col.dtype]:
-            raise RequestProblem(422, "validation_error",
-                                 f"input {inp.name!r}: datatype {inp.datatype} does not fit the column "
-                                 f"({col.dtype}); send {V2_DATATYPE[col.dtype]}")
-        if not inp.shape or len(inp.shape) > 2 or (len(inp.shape) == 2 and inp.shape[1] != 1):
-            raise RequestProblem(400, "bad_request",
-                                 f"input {inp.name!r}: shape {inp.shape} is not [n] (or [n, 1]): one tensor per column")
-        data = _flat(inp.data, inp.name)
-        if len(data) != inp.shape[0]:
-            raise RequestProblem(400, "bad_request",
-                                 f"input {inp.name!r}: {len(data)} values for shape {inp.shape}")
-        if n is not None and inp.shape[0] != n:
-            raise RequestProblem(400, "bad_request",
-                                 f"input {inp.name!r} has {inp.shape[0]} rows, the inputs before it {n}")
-        n = inp.shape[0]
-        values[inp.name] = [_missing(v) for v in data]
-    required = [c.name for c in server.spec.feature_columns if not c.nullable and c.name not in values]
-    if required:
-        raise RequestProblem(422, "validation_error", f"missing input(s) {required}: one input per feature column")
-    if not n:
-        raise RequestProblem(422, "validation_error", "the inputs hold no rows; send at least 1")
-    if n > server.cfg.max_rows:
-        raise RequestProblem(413, "too_many_rows", f"{n} rows; at most {server.cfg.max_rows} per request "
-                                                   "(rows per request are limited; split the batch)")
-    names = list(values)
-    return [dict(zip(names, row, strict=True)) for row in zip(*values.values(), strict=True)]
 
 
 # ------------------------------------------------------------------------------ MLflow formats
@@ -193,7 +91,7 @@ def mlflow_rows(payload: Any) -> list[Any]:
             raise RequestProblem(422, "validation_error", f"{fmt}[{i}] is a list: name the columns "
                                                           "(records, columns or dataframe_split)")
         if isinstance(row, dict):
-            rows[i] = {k: _missing(v) for k, v in row.items()}
+            rows[i] = {k: missing_value(v) for k, v in row.items()}
     return rows
 
 
@@ -242,6 +140,7 @@ def add_protocol_routes(app: FastAPI, server: ModelServer) -> None:
     optional = [c.name for c in spec.feature_columns if c.nullable] + [spec.key] + \
         ([spec.timestamp] if spec.timestamp and spec.timestamp != spec.key else [])
     what = "P(positive class)" if spec.task == "classification" else "the predicted value"
+    v2_columns = V2Columns(server)
 
     def v2_error(request: Request, p: RequestProblem) -> Response:
         server.metrics.errors.labels(p.type).inc()
@@ -313,16 +212,22 @@ def add_protocol_routes(app: FastAPI, server: ModelServer) -> None:
                     raise RequestProblem(400, "bad_request", "binary tensor data is not supported; send JSON "
                                                              "tensors (tritonclient: binary_data=False)")
                 body = await read_json_body(request, server.cfg.max_body_bytes, untyped_is_json=True)
-                try:
-                    req = _V2Request.model_validate_json(body)
-                except ValidationError as err:
-                    raise _envelope_problem(err, "an inference request") from None
-                unknown = [o.name for o in req.outputs or [] if o.name != OUTPUT]
-                if unknown:
-                    raise RequestProblem(400, "bad_request", f"unknown output(s) {unknown}; this model has {OUTPUT!r}")
-                rows = validate_rows(server, v2_rows(server, req),
-                                     lambda i, col: f"input {col!r}, row {i}" if col else f"row {i}")
-                version_, preds = await server.score_rows(request, rows)
+                decoded = v2_columns.decode(body)
+                if decoded is not None:
+                    req, columns, n = decoded
+                    version_, preds = await server.score_columns(request, columns, n)
+                else:  # the general way: the same rules, and the exact problem of a bad request
+                    try:
+                        req = V2Request.model_validate_json(body)
+                    except ValidationError as err:
+                        raise _envelope_problem(err, "an inference request") from None
+                    unknown = [o.name for o in req.outputs or [] if o.name != OUTPUT]
+                    if unknown:
+                        raise RequestProblem(400, "bad_request",
+                                             f"unknown output(s) {unknown}; this model has {OUTPUT!r}")
+                    rows = validate_rows(server, v2_rows(server, req),
+                                         lambda i, col: f"input {col!r}, row {i}" if col else f"row {i}")
+                    version_, preds = await server.score_rows(request, rows)
             except RequestProblem as p:
                 return v2_error(request, p)
         rid = request.scope["state"]["request_id"]

@@ -12,6 +12,8 @@ import time
 
 import pytest
 from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from include.spec import load_spec, parse_spec
 from tests.unit.test_serving import VALID
@@ -196,3 +198,102 @@ def test_not_ready_is_503_in_each_shape(tmp_path):
         assert v2.status_code == 503 and "registry says no" in v2.json()["error"]
         ml = c.post("/invocations", json={"instances": [VALID]})
         assert ml.status_code == 503 and ml.json()["error_code"] == "TEMPORARILY_UNAVAILABLE"
+
+
+# ------------------------------------------------------------------- V2's one-pass decoding
+
+
+def _general_way(server, body: bytes):
+    """What the V2 handler's general way makes of a body: (columns, rows) or the problem's status."""
+    from pydantic import ValidationError
+
+    from include.serving.protocols import validate_rows
+    from include.serving.schema import RequestProblem
+    from include.serving.v2 import OUTPUT, V2Request, v2_rows
+
+    try:
+        req = V2Request.model_validate_json(body)
+        if any(o.name != OUTPUT for o in req.outputs or ()):
+            return 400
+        rows = validate_rows(server, v2_rows(server, req), lambda i, c: "")
+    except ValidationError:
+        return 400
+    except RequestProblem as p:
+        return p.status
+    return server.schema.columns_of(rows), len(rows)
+
+
+_VALUES = st.one_of(st.none(), st.booleans(), st.integers(-10, 600), st.floats(allow_nan=True, allow_infinity=True),
+                    st.sampled_from(["mobile", "desktop", "US", "GB", "paid", "social", "2026-01-01T00:00:00Z", "",
+                                     "x" * 1001, "phone"]), st.lists(st.integers(0, 3), max_size=2))
+
+
+@st.composite
+def _v2_bodies(draw):
+    """A valid request of 1-3 rows, then 0-2 random changes (most of them make it invalid)."""
+    n = draw(st.integers(1, 3))
+    body = _v2([VALID] * n)
+    for _ in range(draw(st.integers(0, 2))):
+        inputs = body["inputs"]
+        i = draw(st.integers(0, len(inputs) - 1)) if inputs else 0
+        change = draw(st.sampled_from(["value", "value", "datatype", "drop", "twice", "unknown", "optional",
+                                       "nested", "length", "content_type", "outputs"]))
+        if not inputs:
+            break
+        if change == "value":
+            inputs[i]["data"][draw(st.integers(0, n - 1))] = draw(_VALUES)
+        elif change == "datatype":
+            inputs[i]["datatype"] = draw(st.sampled_from(["INT64", "INT8", "FP32", "FP64", "BYTES", "BOOL"]))
+        elif change == "drop":
+            inputs.pop(i)
+        elif change == "twice":
+            inputs.append(dict(inputs[i]))
+        elif change in ("unknown", "optional"):
+            name = "purchased" if change == "unknown" else draw(st.sampled_from(["session_id", "ts"]))
+            inputs.append({"name": name, "datatype": "BYTES", "shape": [n], "data": [draw(_VALUES) for _ in range(n)]})
+        elif change == "nested":
+            inputs[i] = {**inputs[i], "shape": [n, 1], "data": [[v] for v in inputs[i]["data"]]}
+        elif change == "length":
+            inputs[i] = {**inputs[i], "shape": [n + 1]}
+        elif change == "content_type":
+            body["parameters"] = {"content_type": draw(st.sampled_from(["pd", "np", None]))}
+        else:
+            body["outputs"] = [{"name": draw(st.sampled_from(["predictions", "other"]))}]
+    return json.dumps(body).encode()
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(body=_v2_bodies())
+def test_v2_one_pass_decoding_takes_only_what_the_general_way_accepts_with_the_same_values(body):
+    from include.serving.app import ModelServer, ServingConfig
+    from include.serving.v2 import V2Columns
+
+    server = _PROPERTY_SERVER.get("server")
+    if server is None:
+        server = _PROPERTY_SERVER["server"] = ModelServer(ServingConfig("m", "1", load_spec("sessions"),
+                                                                        predictions_dir=".", max_rows=2))
+        _PROPERTY_SERVER["decoder"] = V2Columns(server)
+    decoded = _PROPERTY_SERVER["decoder"].decode(body)
+    general = _general_way(server, body)
+    if decoded is not None:
+        _req, columns, n = decoded
+        assert general == (columns, n), (body, general, columns)
+        assert all(type(a) is type(b) for col in columns for a, b in zip(columns[col], general[0][col], strict=True))
+
+
+_PROPERTY_SERVER: dict = {}
+
+
+def test_v2_one_pass_decoding_takes_a_dataframe_encoder_s_request():
+    from include.serving.app import ModelServer, ServingConfig
+    from include.serving.v2 import V2Columns
+
+    server = ModelServer(ServingConfig("m", "1", load_spec("sessions"), predictions_dir="."))
+    rows = [VALID, {**VALID, "pages_viewed": 7, "price_viewed": 12, "session_seconds": 3}]
+    body = _v2(rows, parameters={"content_type": "pd"}, id="x")
+    body["inputs"].append({"name": "ts", "datatype": "BYTES", "shape": [2], "data": ["2026-01-01", "2026-01-02"]})
+    decoded = V2Columns(server).decode(json.dumps(body).encode())
+    assert decoded is not None
+    req, columns, n = decoded
+    assert n == 2 and req.id == "x" and columns == _general_way(server, json.dumps(body).encode())[0]
+    assert columns["session_id"] == [None, None] and columns["price_viewed"] == [None, 12.0]
