@@ -27,7 +27,8 @@ scikit-learn pipeline scores 8 rows almost as fast as 1. Every scored row goes t
 log (:mod:`include.serving.predlog`).
 
 Modules: :mod:`.schema` (request models, body limits, typed problems), :mod:`.metrics` (Prometheus,
-the observing middleware), :mod:`.batcher` (:class:`ModelServer`: model state, micro-batcher),
+the observing middleware), :mod:`.state` (config, loaded model), :mod:`.batcher` (:class:`ModelServer`:
+model loading, micro-batcher), :mod:`.fastscore` (the vectorised model call),
 :mod:`.routes` (this server's routes), :mod:`.protocols` (V2, MLflow); this module assembles them.
 
 Configured by :func:`create_app` arguments, or by the environment for ``uvicorn
@@ -48,10 +49,11 @@ from fastapi import FastAPI
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from include.serving import routes
-from include.serving.batcher import LoadError, ModelServer, ModelState, ServingConfig
+from include.serving.batcher import LoadError, ModelServer
 from include.serving.metrics import ObserveRequests, ServingMetrics
 from include.serving.protocols import add_protocol_routes, protocol_endpoints
 from include.serving.schema import RequestProblem, RequestSchema, build_request_schema, golden_rows
+from include.serving.state import ModelState, ServingConfig
 from include.spec import DatasetSpec, load_spec
 
 # the names other modules and tests import from here
