@@ -214,7 +214,7 @@ def add_protocol_routes(app: FastAPI, server: ModelServer) -> None:
                 body = await read_json_body(request, server.cfg.max_body_bytes, untyped_is_json=True)
                 decoded = v2_columns.decode(body)
                 if decoded is not None:
-                    req, columns, n = decoded
+                    req_id, columns, n = decoded
                     version_, preds = await server.score_columns(request, columns, n)
                 else:  # the general way: the same rules, and the exact problem of a bad request
                     try:
@@ -228,11 +228,12 @@ def add_protocol_routes(app: FastAPI, server: ModelServer) -> None:
                     rows = validate_rows(server, v2_rows(server, req),
                                          lambda i, col: f"input {col!r}, row {i}" if col else f"row {i}")
                     version_, preds = await server.score_rows(request, rows)
+                    req_id = req.id
             except RequestProblem as p:
                 return v2_error(request, p)
         rid = request.scope["state"]["request_id"]
         return _json({
-            "model_name": name, "model_version": version_, "id": req.id if req.id is not None else rid,
+            "model_name": name, "model_version": version_, "id": req_id if req_id is not None else rid,
             "parameters": {"request_id": rid},
             "outputs": [{"name": OUTPUT, "datatype": "FP64", "shape": [len(preds)], "data": preds}],
         })

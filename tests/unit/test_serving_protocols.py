@@ -276,7 +276,7 @@ def test_v2_one_pass_decoding_takes_only_what_the_general_way_accepts_with_the_s
     decoded = _PROPERTY_SERVER["decoder"].decode(body)
     general = _general_way(server, body)
     if decoded is not None:
-        _req, columns, n = decoded
+        _id, columns, n = decoded
         assert general == (columns, n), (body, general, columns)
         assert all(type(a) is type(b) for col in columns for a, b in zip(columns[col], general[0][col], strict=True))
 
@@ -294,6 +294,6 @@ def test_v2_one_pass_decoding_takes_a_dataframe_encoder_s_request():
     body["inputs"].append({"name": "ts", "datatype": "BYTES", "shape": [2], "data": ["2026-01-01", "2026-01-02"]})
     decoded = V2Columns(server).decode(json.dumps(body).encode())
     assert decoded is not None
-    req, columns, n = decoded
-    assert n == 2 and req.id == "x" and columns == _general_way(server, json.dumps(body).encode())[0]
+    request_id, columns, n = decoded
+    assert n == 2 and request_id == "x" and columns == _general_way(server, json.dumps(body).encode())[0]
     assert columns["session_id"] == [None, None] and columns["price_viewed"] == [None, 12.0]
