@@ -23,7 +23,7 @@ JSON bodies also name ``request_id``, ``model_name`` and ``model_version``):
 Concurrent requests are scored together: handlers put their validated rows on a queue and one
 worker takes every waiting request (up to ``batch_rows`` rows; when recent traffic had several
 requests in flight it waits at most ``batch_wait_ms`` for them) into one ``predict_proba`` call, because a
-scikit-learn pipeline scores 8 rows almost as fast as 1. Every scored row goes to the prediction
+model call costs nearly as much for 1 row as for 8. Every scored row goes to the prediction
 log (:mod:`include.serving.predlog`).
 
 Modules: :mod:`.schema` (request models, body limits, typed problems), :mod:`.metrics` (Prometheus,

@@ -13,6 +13,7 @@ import asyncio
 import json
 import math
 import time
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
@@ -37,15 +38,22 @@ def spec():
     return load_spec("sessions")
 
 
-@pytest.fixture(scope="module")
-def registry(tmp_path_factory, spec):
-    """A real registered model (logreg, include.training) + a second version of the same artifact."""
-    tmp = tmp_path_factory.mktemp("serving-registry")
+@contextmanager
+def mlflow_store(tmp):
+    """A throw-away MLflow store (SQLite + local artifacts) in ``tmp`` for a module-scoped fixture."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp / 'mlflow.db'}")
         mp.setenv("MLFLOW_REGISTRY_URI", f"sqlite:///{tmp / 'mlflow.db'}")
         mp.setenv("MLOPS_MLFLOW_ARTIFACT_ROOT", (tmp / "mlartifacts").as_uri())
         mp.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        yield
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory, spec):
+    """A real registered model (logreg, include.training) + a second version of the same artifact."""
+    tmp = tmp_path_factory.mktemp("serving-registry")
+    with mlflow_store(tmp):
         from include.demo_data import make_batch
         from include.tracking import client
         from include.training.model_io import load_model

@@ -12,6 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from include.spec import load_spec
+from tests.unit.test_serving import mlflow_store
 
 pytestmark = pytest.mark.slow  # trains and registers a real model (module fixture)
 
@@ -20,11 +21,7 @@ pytestmark = pytest.mark.slow  # trains and registers a real model (module fixtu
 def hgb(tmp_path_factory):
     spec = load_spec("sessions")
     tmp = tmp_path_factory.mktemp("serving-fastpath")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp / 'mlflow.db'}")
-        mp.setenv("MLFLOW_REGISTRY_URI", f"sqlite:///{tmp / 'mlflow.db'}")
-        mp.setenv("MLOPS_MLFLOW_ARTIFACT_ROOT", (tmp / "mlartifacts").as_uri())
-        mp.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    with mlflow_store(tmp):
         from include.demo_data import make_batch
         from include.training.model_io import load_model
         from include.training.train import train_and_register
