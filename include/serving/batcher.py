@@ -163,7 +163,10 @@ class ModelServer:
         if state.fast is not None:
             from include.serving.fastscore import fast_scores
 
-            return fast_scores(state.fast, self._frame_columns, columns, self._frame)
+            try:
+                return fast_scores(state.fast, self._frame_columns, columns, self._frame)
+            except Exception:  # the rows were valid: the model's own predict decides
+                log.exception("fast path failed on a batch; scoring it with the model's own predict")
         return self._score(state.model, columns)
 
     async def _initial_load(self) -> None:

@@ -97,3 +97,26 @@ def test_a_fast_path_that_disagrees_at_load_is_not_used(hgb, monkeypatch):
 def test_the_fast_path_can_be_turned_off(hgb):
     with _client(hgb, fast_path=False) as c:
         assert _ready(c)["scorer"] == "model_predict"
+
+
+def test_a_fast_path_that_raises_leaves_scoring_to_the_model_s_predict(hgb, monkeypatch):
+    from include.batch import fastpath
+    from include.demo_data import make_batch
+    from include.serving import fastscore
+    from include.training.metrics import predict_scores
+
+    spec, part = hgb["spec"], make_batch(9, 4, seed=7)
+    with _client(hgb) as c:  # at request time: the batch is scored by the model's own predict
+        assert _ready(c)["scorer"] == "fast_path"
+
+        def broken(*_a, **_k):
+            raise ValueError("broken fast path")
+
+        monkeypatch.setattr(fastscore, "fast_scores", broken)
+        r = c.post("/predict", json={"instances": _rows(part, spec)})
+        assert r.status_code == 200, r.text
+        np.testing.assert_array_equal(r.json()["predictions"], predict_scores(hgb["model"], part, spec))
+    monkeypatch.undo()
+    monkeypatch.setattr(fastpath.FastScorer, "scores", lambda self, xt: broken())
+    with _client(hgb) as c:  # at load: the model's own predict serves
+        assert _ready(c)["scorer"] == "model_predict"
