@@ -85,10 +85,10 @@ def ensure_edge(s: Settings | None = None) -> dict:
         config_path.write_text(json.dumps(config_for(state, s)))
         env = {**os.environ, "XDG_DATA_HOME": str(deploy_dir / "caddy-data"),
                "XDG_CONFIG_HOME": str(deploy_dir / "caddy-config")}
-        # one Go thread: the embedded edge shares the machine with the model servers it fronts, and
-        # Go's idle-thread spinning on every core cost them throughput (bench/serving.py on 2 cores:
-        # 0.72x of direct with all cores, 0.82x with one); an explicit GOMAXPROCS wins
-        env.setdefault("GOMAXPROCS", "1")
+        # Go's default GOMAXPROCS (one thread per core; an explicit GOMAXPROCS in the environment
+        # wins). It was 1 while the model server kept a core busy (bench/serving.py on 2 cores: 0.82x
+        # of direct with one, 0.72x with all); with the server's fast path it leaves CPU free, and
+        # 2 beat 1 in six alternating pairs (0.59-0.71x vs 0.39-0.65x, p99 lower too)
         # a fresh start begins from the state file; --resume is for the supervisor's restarts
         (deploy_dir / "caddy-config" / "caddy" / "autosave.json").unlink(missing_ok=True)
         # supervised like the model servers: a killed Caddy is back within a second, and --resume
