@@ -44,7 +44,7 @@ Modules: :mod:`.policy` (DriftPolicy), :mod:`.sampling`, :mod:`.statistics` (tes
 
 from include.drift.check import reference_for_model, run_drift_check
 from include.drift.decision import Decision, decide_retrain
-from include.drift.history import load_trigger_history, record_trigger, triggers_path
+from include.drift.history import load_trigger_history, record_trigger
 from include.drift.labels import LabelJoin, join_labels
 from include.drift.mlflow_log import MONITORING_EXPERIMENT, log_to_mlflow
 from include.drift.policy import CORRECTIONS, SCALED_FLOOR, DriftPolicy
@@ -57,5 +57,5 @@ __all__ = [
     "Decision", "DriftPolicy", "DriftResult", "FeatureDrift", "LabelJoin", "adjust_pvalues",
     "apply_criteria", "compute_drift", "count_rows", "decide_retrain", "join_labels",
     "load_trigger_history", "log_to_mlflow", "parquet_files", "record_trigger", "reference_for_model",
-    "run_drift_check", "sample_for_drift", "triggers_path",
+    "run_drift_check", "sample_for_drift",
 ]

@@ -10,13 +10,14 @@ from typing import TYPE_CHECKING, Any
 
 from include.config import settings
 from include.drift.decision import _utc, decide_retrain
-from include.drift.history import append_entry, load_trigger_history, trigger_log
+from include.drift.history import append_entry, load_trigger_history
 from include.drift.labels import join_labels
 from include.drift.mlflow_log import log_to_mlflow
 from include.drift.policy import DriftPolicy
 from include.drift.report import DriftResult, compute_drift
 from include.drift.sampling import count_rows, sample_for_drift
 from include.jsonsafe import json_safe
+from include.recordlog import drift_trigger_log
 from include.spec import DatasetSpec
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -89,7 +90,7 @@ def run_drift_check(
                 and prediction_col and prediction_col in current_df.columns:
             result.quality = join_labels(current_df, labeled_df, spec.key, target=spec.target,
                                          prediction_col=prediction_col, task=spec.task).summary()
-    tlog = trigger_log(triggers_file)
+    tlog = drift_trigger_log(triggers_file)
     # Decide and record atomically: two checks running at once must not both see "no recent
     # trigger" and both retrain. The expensive part (sampling, Evidently) ran above, unlocked.
     with tlog.lock:

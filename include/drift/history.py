@@ -11,19 +11,9 @@ from include.recordlog import RecordLog, drift_trigger_log
 log = logging.getLogger(__name__)
 
 
-def triggers_path() -> Path:
-    return drift_trigger_log().path
-
-
-def trigger_log(path: Path | None = None) -> RecordLog:
-    """The trigger log as a :class:`~include.recordlog.RecordLog` (one entry per run key and model);
-    hold its ``lock`` around read -> decide -> append so two checks cannot both retrain."""
-    return drift_trigger_log(path)
-
-
 def load_trigger_history(*, model_name: str | None = None, path: Path | None = None) -> list[dict]:
     """Every recorded decision (oldest first), optionally of one model; a torn last line is skipped."""
-    return [e for e in trigger_log(path).read() if model_name is None or e.get("model_name") == model_name]
+    return [e for e in drift_trigger_log(path).read() if model_name is None or e.get("model_name") == model_name]
 
 
 def record_trigger(
@@ -41,7 +31,7 @@ def record_trigger(
     A retried task with the same ``run_key`` gets the entry written by the first attempt back
     and nothing is appended.
     """
-    return append_entry(trigger_log(path), decision, model_name=model_name, model_version=model_version,
+    return append_entry(drift_trigger_log(path), decision, model_name=model_name, model_version=model_version,
                         dataset=dataset, run_key=run_key, summary=summary)
 
 
