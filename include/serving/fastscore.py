@@ -21,12 +21,6 @@ from include.spec import Column, DatasetSpec
 log = logging.getLogger(__name__)
 
 
-def _arrow_types() -> dict[str, Any]:
-    import pyarrow as pa
-
-    return {"int": pa.int64(), "float": pa.float64(), "category": pa.string(), "string": pa.string()}
-
-
 def fast_scorer(model: Any, spec: DatasetSpec, columns: list[Column], golden: dict[str, list],
                 golden_scores: np.ndarray, frame: Callable[[dict[str, list]], Any]) -> Any | None:
     """The fast scorer for ``model`` if it scores ``golden`` exactly as ``golden_scores``, else None."""
@@ -58,6 +52,7 @@ def fast_scores(fast: Any, columns: list[Column], values: dict[str, list],
     """Scores of the rows in ``values`` (column -> list, as the request schema gives them)."""
     import pyarrow as pa
 
-    types = _arrow_types()
-    arrays = {c.name: pa.array(values[c.name], type=types[c.dtype]) for c in columns}
+    from include.serving.predlog import arrow_type
+
+    arrays = {c.name: pa.array(values[c.name], type=arrow_type(c.dtype)) for c in columns}
     return fast.scores(fast.matrix(arrays, None, lambda: frame(values)))

@@ -21,6 +21,7 @@ and columns it needs.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -43,18 +44,22 @@ META_COLUMNS = ("request_id", "ts", "model_version", "prediction")
 _PART_PREFIX = "date="
 
 
+@functools.cache
+def _arrow_types() -> dict[str, pa.DataType]:
+    import pyarrow as pa
+
+    return {"int": pa.int64(), "float": pa.float64(), "category": pa.string(), "string": pa.string(),
+            "datetime": pa.timestamp("us", tz="UTC")}
+
+
+def arrow_type(dtype: str) -> pa.DataType:
+    """The Arrow type of a spec column dtype (the prediction log's, and the serving fast path's)."""
+    return _arrow_types()[dtype]
+
+
 def prediction_schema(spec: DatasetSpec) -> pa.Schema:
     """Arrow schema of the log for a dataset spec (meta columns, key, features)."""
     import pyarrow as pa
-
-    def arrow_type(dtype: str) -> pa.DataType:
-        return {
-            "int": pa.int64(),
-            "float": pa.float64(),
-            "category": pa.string(),
-            "string": pa.string(),
-            "datetime": pa.timestamp("us", tz="UTC"),
-        }[dtype]
 
     fields = [
         pa.field("request_id", pa.string(), nullable=False),
