@@ -117,6 +117,21 @@ def validate_rows(server: ModelServer, rows: list[Any], where) -> list[BaseModel
         raise RequestProblem(status, kind, message, details) from None
 
 
+def v2_general(server: ModelServer, body: bytes) -> tuple[str | None, dict[str, list], int]:
+    """A V2 body the general way (envelope, then rows of ``/predict``'s row model): (its id,
+    column -> values, rows), or the request's exact :class:`RequestProblem`."""
+    try:
+        req = V2Request.model_validate_json(body)
+    except ValidationError as err:
+        raise _envelope_problem(err, "an inference request") from None
+    unknown = [o.name for o in req.outputs or [] if o.name != OUTPUT]
+    if unknown:
+        raise RequestProblem(400, "bad_request", f"unknown output(s) {unknown}; this model has {OUTPUT!r}")
+    rows = validate_rows(server, v2_rows(server, req),
+                         lambda i, col: f"input {col!r}, row {i}" if col else f"row {i}")
+    return req.id, server.schema.columns_of(rows), len(rows)
+
+
 def _envelope_problem(err: ValidationError, what: str) -> RequestProblem:
     errors = err.errors(include_url=False, include_context=False)
     if errors[0]["type"] in ("json_invalid", "json_type"):
@@ -212,23 +227,8 @@ def add_protocol_routes(app: FastAPI, server: ModelServer) -> None:
                     raise RequestProblem(400, "bad_request", "binary tensor data is not supported; send JSON "
                                                              "tensors (tritonclient: binary_data=False)")
                 body = await read_json_body(request, server.cfg.max_body_bytes, untyped_is_json=True)
-                decoded = v2_columns.decode(body)
-                if decoded is not None:
-                    req_id, columns, n = decoded
-                    version_, preds = await server.score_columns(request, columns, n)
-                else:  # the general way: the same rules, and the exact problem of a bad request
-                    try:
-                        req = V2Request.model_validate_json(body)
-                    except ValidationError as err:
-                        raise _envelope_problem(err, "an inference request") from None
-                    unknown = [o.name for o in req.outputs or [] if o.name != OUTPUT]
-                    if unknown:
-                        raise RequestProblem(400, "bad_request",
-                                             f"unknown output(s) {unknown}; this model has {OUTPUT!r}")
-                    rows = validate_rows(server, v2_rows(server, req),
-                                         lambda i, col: f"input {col!r}, row {i}" if col else f"row {i}")
-                    version_, preds = await server.score_rows(request, rows)
-                    req_id = req.id
+                req_id, columns, n = v2_columns.decode(body) or v2_general(server, body)
+                version_, preds = await server.score_columns(request, columns, n)
             except RequestProblem as p:
                 return v2_error(request, p)
         rid = request.scope["state"]["request_id"]

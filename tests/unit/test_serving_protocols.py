@@ -205,22 +205,14 @@ def test_not_ready_is_503_in_each_shape(tmp_path):
 
 def _general_way(server, body: bytes):
     """What the V2 handler's general way makes of a body: (columns, rows) or the problem's status."""
-    from pydantic import ValidationError
-
-    from include.serving.protocols import validate_rows
+    from include.serving.protocols import v2_general
     from include.serving.schema import RequestProblem
-    from include.serving.v2 import OUTPUT, V2Request, v2_rows
 
     try:
-        req = V2Request.model_validate_json(body)
-        if any(o.name != OUTPUT for o in req.outputs or ()):
-            return 400
-        rows = validate_rows(server, v2_rows(server, req), lambda i, c: "")
-    except ValidationError:
-        return 400
+        _id, columns, n = v2_general(server, body)
     except RequestProblem as p:
         return p.status
-    return server.schema.columns_of(rows), len(rows)
+    return columns, n
 
 
 _VALUES = st.one_of(st.none(), st.booleans(), st.integers(-10, 600), st.floats(allow_nan=True, allow_infinity=True),
