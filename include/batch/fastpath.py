@@ -148,7 +148,8 @@ def _forest_values(forest: _Forest, x: np.ndarray) -> np.ndarray:
     return forest.value[idx]
 
 
-# up to this many rows the all-trees walk is faster than QuickScorer (bench: tests/unit/test_batch_fastpath)
+# up to this many rows the all-trees walk is faster than QuickScorer (200 trees of 8 leaves, one
+# thread: 0.22 vs 6.2 ms at 8 rows, 4.6 vs 7.2 ms at 256, 8.7 vs 6.8 ms at 512)
 FOREST_MAX_ROWS = 256
 
 
