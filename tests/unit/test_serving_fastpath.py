@@ -69,7 +69,8 @@ def test_the_fast_path_serves_with_the_model_s_own_scores_at_every_batch_size(hg
     with _client(hgb) as c:
         info = _ready(c)
         assert info["scorer"] == "fast_path", info
-        # 1 row, a micro-batch, and more rows than the all-trees walk takes (QuickScorer then)
+        # 1 row and a micro-batch (scored on the event loop), and more rows than the all-trees walk
+        # takes (QuickScorer, in the scoring thread)
         for n in (1, 8, 600):
             part = rows.head(n)
             r = c.post("/predict", json={"instances": _rows(part, spec)})
