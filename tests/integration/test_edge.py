@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -30,6 +31,11 @@ def _serve(app) -> tuple[str, object]:
 
 
 def _model_server(name: str, version: str) -> dict:
+    url, server = _serve(_model_app(name, version))
+    return {"model": name, "version": version, "url": url, "server": server}
+
+
+def _model_app(name: str, version: str) -> FastAPI:
     app = FastAPI()
 
     @app.get("/ready")
@@ -54,8 +60,7 @@ def _model_server(name: str, version: str) -> dict:
     def reload():
         return {"reloaded": True}
 
-    url, server = _serve(app)
-    return {"model": name, "version": version, "url": url, "server": server}
+    return app
 
 
 @pytest.fixture
@@ -189,6 +194,41 @@ def test_the_config_is_plain_caddy_json(tmp_path):
                        admin=tmp_path / "a.sock")
     assert cfg["admin"]["listen"] == f"unix/{tmp_path}/a.sock"  # never on the public port
     assert json.loads(json.dumps(cfg)) == cfg
+
+
+def test_the_embedded_edge_proxies_to_a_server_s_unix_socket(edge):
+    import uvicorn
+
+    from include.edge import switch
+    from include.serving.__main__ import unix_socket
+
+    url, servers = edge
+    # the same model on TCP and on an abstract unix socket, answering with different versions:
+    # what comes back through the edge shows which way it went
+    tcp = _model_server("clf", "via-tcp")
+    servers.append(tcp)
+    name = f"@mlops-test-edge-{free_port()}"
+    server = uvicorn.Server(uvicorn.Config(_model_app("clf", "via-unix"), log_level="warning"))
+    threading.Thread(target=server.run, kwargs={"sockets": [unix_socket(name)]}, daemon=True).start()
+    servers.append({"server": server})
+    with httpx.Client(transport=httpx.HTTPTransport(uds="\0" + name[1:]), base_url="http://unix") as c:
+        deadline = time.time() + 30
+        while not server.started and time.time() < deadline:
+            time.sleep(0.05)
+        assert c.get("/ready").json() == {"ready": True}
+    switch({"model": "clf", "version": "1", "url": tcp["url"], "socket": name}, why="test")
+    answers = {httpx.post(f"{url}/predict").json()["model_version"] for _ in range(5)}
+    assert answers == {"via-unix"}
+    # an edge in another container (MLOPS_EDGE_ADMIN) cannot reach the socket: it dials the URL
+    from include.edge import caddy_config
+
+    up = {"model": "clf", "version": "1", "url": tcp["url"], "socket": name}
+    dials = {unix: {u["dial"] for r in caddy_config({"models": {"clf": {"active": up}}}, listen="127.0.0.1:1",
+                                                    admin=Path("/x.sock"), unix_upstreams=unix)
+                    ["apps"]["http"]["servers"]["edge"]["routes"]
+                    for h in r["handle"] if h["handler"] == "reverse_proxy" for u in h["upstreams"]}
+             for unix in (True, False)}
+    assert dials == {True: {f"unix/{name}"}, False: {tcp["url"].removeprefix("http://")}}
 
 
 def test_canary_gets_its_weight_pins_work_and_a_dead_canary_costs_no_request(edge):
