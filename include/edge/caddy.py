@@ -19,7 +19,7 @@ from pathlib import Path
 
 from include.config import Settings, settings
 from include.edge.routing import config_for, listen_address
-from include.edge.state import admin_socket, locked, read_state, status
+from include.edge.state import admin_socket, locked, read_state, separate_edge, status
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ def caddy_binary() -> str:
 def ensure_edge(s: Settings | None = None) -> dict:
     """Start Caddy (embedded) if its admin API does not answer, loaded with the current state."""
     s = s or settings()
-    if not admin_answers(s) and os.environ.get("MLOPS_EDGE_ADMIN", "").strip():
+    if not admin_answers(s) and separate_edge():
         # an edge of its own (compose): starting a second one here would serve nobody
         raise EdgeError(f"the serving edge does not answer on its admin socket {admin_socket(s)} "
                         "(MLOPS_EDGE_ADMIN); is the edge service up?")

@@ -12,7 +12,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from include.config import Settings
-from include.edge.state import admin_socket
+from include.edge.state import admin_socket, separate_edge
 
 PUBLIC_PATHS = ("predict", "schema", "info", "health", "ready", "invocations", "ping")
 HEALTH_INTERVAL = "1s"
@@ -143,11 +143,10 @@ def listen_address(s: Settings) -> str:
 
 def config_for(state: dict, s: Settings) -> dict:
     """The config this deployment loads: environment knobs (compose sets them) applied."""
-    # an edge of its own (MLOPS_EDGE_ADMIN, compose) runs in another container, where the local
-    # servers' abstract sockets do not exist; the embedded one shares their host
-    embedded = not os.environ.get("MLOPS_EDGE_ADMIN", "").strip()
+    # an edge of its own runs in another container, where the local servers' abstract sockets
+    # do not exist; the embedded one shares their host
     return caddy_config(state, listen=listen_address(s), admin=admin_socket(s),
                         admin_mode=os.environ.get("MLOPS_EDGE_ADMIN_MODE", "").strip() or None,
                         internal=os.environ.get("MLOPS_EDGE_INTERNAL", "").strip() or None,
-                        unix_upstreams=embedded)
+                        unix_upstreams=not separate_edge())
 

@@ -22,8 +22,14 @@ def state_file(s: Settings) -> Path:
     return s.state_dir / "deploy" / "edge.json"
 
 
+def separate_edge() -> str:
+    """The admin socket of an edge of its own (compose sets MLOPS_EDGE_ADMIN: the edge runs in
+    another container), or "" for the embedded Caddy this process starts next to the servers."""
+    return os.environ.get("MLOPS_EDGE_ADMIN", "").strip()
+
+
 def admin_socket(s: Settings) -> Path:
-    return Path(os.environ.get("MLOPS_EDGE_ADMIN", "").strip() or s.state_dir / "deploy" / "caddy-admin.sock")
+    return Path(separate_edge() or s.state_dir / "deploy" / "caddy-admin.sock")
 
 
 def read_state(s: Settings) -> dict:

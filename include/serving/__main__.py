@@ -10,7 +10,6 @@ serving edge reaches a local server there, which costs both less than a TCP hop.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib.util
 import os
 import socket
@@ -26,7 +25,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--model-version", help="default: MLOPS_MODEL_VERSION (required one way or the other)")
     p.add_argument("--dataset", help="spec name; default: MLOPS_DATASET, else the spec naming --model-name")
     p.add_argument("--predictions-dir", help="default: MLOPS_PREDICTIONS_DIR")
-    p.add_argument("--unix-socket", help="also listen here (a path, or @name for an abstract socket)")
+    p.add_argument("--unix-socket", type=abstract_name, help="also listen on this abstract unix socket (@name)")
     p.add_argument("--log-level", default="info")
     args = p.parse_args(argv)
     for env, value in (("MLOPS_MODEL_NAME", args.model_name), ("MLOPS_MODEL_VERSION", args.model_version),
@@ -49,38 +48,25 @@ def main(argv: list[str] | None = None) -> None:
     if not args.unix_socket:
         server.run()
         return
-    server.run(sockets=[tcp_socket(config.host, config.port), unix_socket(args.unix_socket)])
+    # uvicorn binds one address itself; for two it takes them bound (the port as it binds it)
+    server.run(sockets=[config.bind_socket(), unix_socket(args.unix_socket)])
 
 
-def tcp_socket(host: str, port: int) -> socket.socket:
-    """A listening TCP socket, bound as uvicorn binds its own (which it cannot do next to another)."""
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as err:
-        sock.close()
-        raise SystemExit(f"cannot listen on {host}:{port}: {err}") from err
-    sock.listen(2048)
-    return sock
+def abstract_name(name: str) -> str:
+    if not name.startswith("@") or len(name) < 2:
+        raise argparse.ArgumentTypeError(f"{name!r}: an abstract socket name starts with @, e.g. @mlops-serving-8000")
+    return name
 
 
 def unix_socket(name: str) -> socket.socket:
-    """A listening unix socket: ``@name`` is abstract (gone with the process, so a restart after
-    kill -9 finds no stale file); a path is replaced if a dead server left it."""
+    """A bound socket in Linux's abstract namespace (``@name``): no file, so it is gone with the
+    process and a restart after kill -9 binds it again."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    address = "\0" + name[1:] if name.startswith("@") else name
-    if not name.startswith("@"):
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(name)
     try:
-        sock.bind(address)
+        sock.bind("\0" + abstract_name(name)[1:])
     except OSError as err:
         sock.close()
         raise SystemExit(f"cannot listen on unix socket {name}: {err}") from err
-    if not name.startswith("@"):
-        os.chmod(name, 0o600)  # only this user's edge
-    sock.listen(2048)
     return sock
 
 
